@@ -195,7 +195,10 @@ class CheckpointStore:
         self.chunks = chunks
         self.manifest_bytes_max = manifest_bytes_max
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remove_stale_temps(self.root)
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files of manifest writes a crash interrupted (owning node, at start-up)."""
+        return remove_stale_temps(self.root)
 
     def rounds(self) -> list[int]:
         """Rounds that have a manifest file, oldest first (not verified)."""

@@ -99,9 +99,14 @@ class ChunkStore:
         self.chunks_written = 0
         self.chunks_reused = 0
         self.bytes_written = 0
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files of writes a crash interrupted. Only the owning node calls this, at
+        start-up: a reader process (export) must not delete a live writer's temp files."""
         removed = sum(remove_stale_temps(sub) for sub in self._fanout_dirs())
         if removed:
             log.info("chunk store %s: removed %d temp files left by an interrupted write", self.root, removed)
+        return removed
 
     def path_of(self, cid: str) -> Path:
         """The file that holds chunk `cid` (which need not exist). Validates the id first."""

@@ -10,6 +10,7 @@ import torch
 from moeswarm.store.checkpoints import CheckpointStore, Manifest, tensor_bytes
 from moeswarm.store.chunks import ChunkStore
 from moeswarm.store.errors import CheckpointCorrupt, CheckpointMissing
+from tests.store.fsync_counter import count_fsyncs
 
 
 def make_state(seed: int) -> dict[str, torch.Tensor]:
@@ -171,11 +172,7 @@ def test_keep_last_prunes_manifests_and_reports_live_chunks(store: CheckpointSto
 
 
 def test_save_writes_the_manifest_durably(store: CheckpointStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    synced = count_fsyncs(monkeypatch)
     store.save(1, {"w": torch.ones(3)}, state_hash=fake_hash(1))
     assert len(synced) >= 4  # chunk file + its directory, manifest file + its directory
     assert not [p for p in store.root.iterdir() if p.name.startswith(".")]

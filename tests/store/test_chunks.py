@@ -9,6 +9,7 @@ import zstandard
 
 from moeswarm.store.chunks import ChunkStore, chunk_id, validate_chunk_id
 from moeswarm.store.errors import ChunkCorrupt, ChunkMissing, ChunkTooLarge, InvalidChunkId
+from tests.store.fsync_counter import count_fsyncs
 
 
 @pytest.fixture
@@ -160,9 +161,7 @@ def test_stats_count_compressed_bytes_on_disk(store: ChunkStore) -> None:
 
 
 def test_writes_are_fsynced_and_leave_no_temp_files(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    synced = count_fsyncs(monkeypatch)
     cid = store.put(b"durable")
     assert len(synced) >= 2  # the file, then the directory that names it
     before = len(synced)
@@ -171,11 +170,14 @@ def test_writes_are_fsynced_and_leave_no_temp_files(store: ChunkStore, monkeypat
     assert [p.name for p in store.path_of(cid).parent.iterdir()] == [cid]
 
 
-def test_temp_files_of_an_interrupted_write_are_removed_on_open(tmp_path: Path) -> None:
+def test_temp_files_of_an_interrupted_write_are_removed_by_the_owner(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path / "chunks")
     cid = store.put(b"whole")
     leftover = store.path_of(cid).parent / f".{cid}.abc123.tmp"
     leftover.write_bytes(b"half a fra")
-    reopened = ChunkStore(tmp_path / "chunks")
+    reader = ChunkStore(tmp_path / "chunks")  # opening alone never deletes (a writer may be live)
+    assert leftover.exists()
+    assert list(reader.ids()) == [cid]
+    assert reader.remove_stale_temps() == 1
     assert not leftover.exists()
-    assert list(reopened.ids()) == [cid]
+    assert reader.get(cid) == b"whole"

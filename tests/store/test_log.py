@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from moeswarm.store.errors import RecordTooLarge
 from moeswarm.store.log import RECORD_HEADER, SEGMENT_MAGIC, ConsensusLog
+from tests.store.fsync_counter import count_fsyncs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +41,7 @@ def test_records_round_trip_across_reopen(tmp_path: Path) -> None:
 
 def test_sync_calls_fsync_before_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = ConsensusLog(tmp_path)
-    calls: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    calls = count_fsyncs(monkeypatch)
     log.append(b"vote")
     assert calls == []  # appending alone promises nothing
     log.sync()
