@@ -7,6 +7,7 @@ import blake3
 import pytest
 import torch
 
+from moeswarm.store import checkpoints
 from moeswarm.store.checkpoints import CheckpointStore, Manifest, tensor_bytes
 from moeswarm.store.chunks import ChunkStore
 from moeswarm.store.errors import CheckpointCorrupt, CheckpointMissing
@@ -182,3 +183,21 @@ def test_meta_must_be_json(store: CheckpointStore) -> None:
     with pytest.raises(ValueError, match="JSON"):
         store.save(1, {"w": torch.ones(1)}, state_hash=fake_hash(1), meta={"bad": object()})
     assert store.rounds() == []
+
+
+def test_a_save_that_dies_before_its_manifest_leaves_the_previous_checkpoint_latest(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save(1, make_state(1), state_hash=fake_hash(1))
+    def disk_full(path: Path, pieces: object, **_: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "atomic_write", disk_full)  # chunks go through, the manifest fails
+    with pytest.raises(OSError, match="No space"):
+        store.save(2, make_state(2), state_hash=fake_hash(2))
+    monkeypatch.undo()
+    assert store.rounds() == [1]
+    assert store.latest().round == 1  # type: ignore[union-attr]
+    orphans = store.chunks.collect(store.referenced_chunks())
+    assert orphans.removed == 4  # round 2's new tensors, written before the failure, are reclaimed
+    assert_bitwise_equal(make_state(1), store.load(1)[0])
