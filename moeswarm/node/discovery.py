@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -184,7 +185,11 @@ def parse_seeds(text: str, default_port: int = PEER_PORT_DEFAULT) -> StaticSourc
 def parse_discovery_spec(
     spec: str, *, peer_port: int = PEER_PORT_DEFAULT, env: Mapping[str, str] | None = None
 ) -> DiscoverySource:
-    """`fly` (app from FLY_APP_NAME), `fly:<app>`, `dns:<name>[:port]`, `srv:<name>`, `static:h:p,...`."""
+    """`fly` (app from FLY_APP_NAME), `fly:<app>`, `dns:<name>[:port]`, `srv:<name>`, `static:h:p,...`.
+
+    `build_discovery` also takes `<spec>@<resolver>` (`fly:moe@[fdaa:0:18::3]`), for hosts whose
+    resolv.conf does not point at the right DNS server, such as a WireGuard peer of Fly's 6PN.
+    """
     kind, _, rest = spec.strip().partition(":")
     if kind == "fly":
         app = rest or (env or {}).get(FLY_APP_ENV, "")
@@ -440,22 +445,32 @@ def _make_resolver(config: ResolverConfig) -> dns.asyncresolver.Resolver:
     return resolver
 
 
+def split_resolver(spec: str) -> tuple[str, ResolverConfig | None]:
+    """`fly:moe@[fdaa:0:18::3]:53` -> (`fly:moe`, that server): a spec may name the DNS server to ask."""
+    body, at, server = spec.strip().rpartition("@")
+    return (body, parse_resolver(server)) if at else (spec.strip(), None)
+
+
 def build_discovery(
     spec: str | None,
     *,
-    peers: str | None = None,
-    resolver: str | None = None,
+    peers: str | Sequence[str] = (),
     peer_port: int = PEER_PORT_DEFAULT,
     interval_s: float = 5.0,
     env: Mapping[str, str] | None = None,
 ) -> Discovery | None:
-    """From the node's settings (MOESWARM_DISCOVERY, MOESWARM_PEERS, MOESWARM_DNS_RESOLVER); None if none is set."""
+    """From the node's settings (MOESWARM_DISCOVERY, MOESWARM_PEERS); None when neither is set.
+
+    `env` (default: the process environment) supplies FLY_APP_NAME for the bare spec `fly`.
+    """
     sources: list[DiscoverySource] = []
+    resolver = None
     if spec and spec.strip() not in ("", "none"):
-        sources.append(parse_discovery_spec(spec, peer_port=peer_port, env=env))
-    if peers and peers.strip():
-        sources.append(parse_seeds(peers, peer_port))
-    if not sources:
-        return None
-    config = parse_resolver(resolver) if resolver else None
-    return Discovery(sources, resolver=config, interval_s=interval_s)
+        body, resolver = split_resolver(spec)
+        sources.append(
+            parse_discovery_spec(body, peer_port=peer_port, env=os.environ if env is None else env)
+        )
+    seeds = peers if isinstance(peers, str) else ",".join(peers)
+    if seeds.strip():
+        sources.append(parse_seeds(seeds, peer_port))
+    return Discovery(sources, resolver=resolver, interval_s=interval_s) if sources else None

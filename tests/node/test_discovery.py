@@ -300,11 +300,15 @@ def test_resolver_and_node_settings() -> None:
     assert parse_resolver("[fdaa:0:18::3]:53").nameservers == ("fdaa:0:18::3",)
     with pytest.raises(DiscoveryConfigError, match="IP address"):
         parse_resolver("dns.example.net")
-    fly = build_discovery("fly", peers="[fdaa:0:18:a7b:d6b:0:a:2]:7000", env={"FLY_APP_NAME": "moe"})
-    assert fly is not None
-    assert fly.sources == (FlySource(app="moe"), StaticSource(seeds=(("fdaa:0:18:a7b:d6b:0:a:2", 7000),)))
-    assert fly.resolver_config.nameservers == ("fdaa::3",)
-    k8s = build_discovery(f"srv:{SRV_NAME}", resolver="10.96.0.10")
+    on_fly = build_discovery("fly", peers=("[fdaa:0:18:a7b:d6b:0:a:2]:7000",), env={"FLY_APP_NAME": "moe"})
+    assert on_fly is not None
+    assert on_fly.sources == (FlySource(app="moe"), StaticSource(seeds=(("fdaa:0:18:a7b:d6b:0:a:2", 7000),)))
+    assert on_fly.resolver_config.nameservers == ("fdaa::3",)
+    wireguard_peer = build_discovery("fly:moe@[fdaa:0:18::3]", peer_port=7100)
+    assert wireguard_peer is not None
+    assert wireguard_peer.sources == (FlySource(app="moe", port=7100),)
+    assert wireguard_peer.resolver_config == ResolverConfig(nameservers=("fdaa:0:18::3",), port=53)
+    k8s = build_discovery(f"srv:{SRV_NAME}@10.96.0.10:53")
     assert k8s is not None
     assert k8s.resolver_config.nameservers == ("10.96.0.10",)
     assert build_discovery(None) is None
