@@ -198,3 +198,14 @@ def test_kubernetes_grace_period_matches_the_same_drain() -> None:
 def test_secrets_are_documented_not_set() -> None:
     text = (ROOT / "fly.toml").read_text()
     assert re.search(r"^# +fly secrets set MOESWARM_CLUSTER_KEY=.* MOESWARM_ADMIN_TOKEN=", text, re.MULTILINE)
+
+
+def test_the_guide_uses_the_names_and_numbers_of_the_config() -> None:
+    config = load()
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    [mount] = as_list(config["mounts"])
+    assert f"fly volumes create {mount['source']} " in guide
+    assert f"kill_timeout = {config['kill_timeout']}" in guide
+    assert f"`MOESWARM_DRAIN_TIMEOUT_S` ({config['env']['MOESWARM_DRAIN_TIMEOUT_S']})" in guide
+    assert "fly scale count 5 --region ord,ams" in guide
+    assert "fly launch --no-deploy" in guide
