@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +88,7 @@ def test_gpu_image_runs_moe_swarm_node_as_a_non_root_user() -> None:
 def test_cpu_image_drops_root_in_its_entrypoint() -> None:
     final = final_stage("Dockerfile")
     assert final[-1] == ("ENTRYPOINT", '["moeswarm-entrypoint"]')
+    assert os.access(ROOT / "deploy/entrypoint.sh", os.X_OK)  # COPY keeps the mode git gives it
     script = (ROOT / "deploy/entrypoint.sh").read_text()
     assert "exec setpriv --reuid=" in script
     assert 'exec moe-swarm node "$@"' in script
