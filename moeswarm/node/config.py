@@ -30,6 +30,7 @@ CLUSTER_KEY_CHARS_MIN = 16
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OUTER_OPTIMIZERS = ("average", "nesterov")
+POISON_MODES = ("scale", "flip", "nan")
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,12 @@ class NodeConfig:
     checkpoint_interval_rounds: int
     log_level: str
     drain_timeout_s: float
+    bootstrap_nodes: int
+    batch_size: int
+    inner_lr: float
+    replicas: int
+    staleness_rounds_max: int
+    poison: str | None
 
     @property
     def on_fly(self) -> bool:
@@ -209,6 +216,12 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("checkpoint_interval_rounds", _to_int, "checkpoint every K rounds (default 10)", metavar="K"),
     _Field("log_level", _choice(*LOG_LEVELS), "log level: debug, info, warning, error (default info)"),
     _Field("drain_timeout_s", _to_float, "seconds to leave the swarm cleanly on SIGTERM (default 30)", metavar="S"),
+    _Field("bootstrap_nodes", _to_int, "nodes that form a new swarm together; later ones join (default 1)", metavar="N"),
+    _Field("batch_size", _to_int, "inner batch size (default 32)", metavar="B"),
+    _Field("inner_lr", _to_float, "inner AdamW learning rate (default 3e-3)", metavar="LR"),
+    _Field("replicas", _to_int, "owners per expert R (default 2)", metavar="R"),
+    _Field("staleness_rounds_max", _to_int, "rounds a late delta may still enter a commit (default 2)", metavar="S"),
+    _Field("poison", _choice(*POISON_MODES), "test only: make this node Byzantine (scale, flip or nan deltas)"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 # fields whose CLI flag is not simply --<name-with-dashes>
@@ -231,6 +244,11 @@ _DEFAULTS: dict[str, Any] = {
     "checkpoint_interval_rounds": 10,
     "log_level": "info",
     "drain_timeout_s": 30.0,
+    "bootstrap_nodes": 1,
+    "batch_size": 32,
+    "inner_lr": 3e-3,
+    "replicas": 2,
+    "staleness_rounds_max": 2,
 }
 
 
@@ -294,7 +312,7 @@ def _apply_platform_defaults(values: dict[str, Any], environ: Mapping[str, str])
     if "name" not in values:
         values["name"] = values.get("machine_id") or f"node-{values['peer_port']}"
     values.setdefault("data_dir", Path(".moeswarm") / values["name"])
-    for key in ("app_name", "machine_id", "discovery", "cluster_key", "data_path"):
+    for key in ("app_name", "machine_id", "discovery", "cluster_key", "data_path", "poison"):
         values.setdefault(key, None)
 
 
@@ -302,12 +320,14 @@ def _validate(values: Mapping[str, Any]) -> None:
     name = values["name"]
     if "/" in name or name in (".", ".."):
         raise ConfigError(f"name {name!r}: must not contain '/'")
-    for key in ("inner_steps", "checkpoint_interval_rounds"):
+    for key in ("inner_steps", "checkpoint_interval_rounds", "bootstrap_nodes", "batch_size", "replicas"):
         if values[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {values[key]}")
     if values["rounds"] < 0:
         raise ConfigError(f"rounds must be 0 (until stopped) or positive, got {values['rounds']}")
-    for key in ("round_deadline_s", "drain_timeout_s", "outer_lr"):
+    if values["staleness_rounds_max"] < 0:
+        raise ConfigError(f"staleness_rounds_max cannot be negative, got {values['staleness_rounds_max']}")
+    for key in ("round_deadline_s", "drain_timeout_s", "outer_lr", "inner_lr"):
         if not values[key] > 0:
             raise ConfigError(f"{key} must be positive, got {values[key]}")
     if not 0.0 <= values["outer_momentum"] < 1.0:
