@@ -86,13 +86,14 @@ def plan_dispatch(experts_NK: Tensor, n_experts: int) -> Dispatch:
 
 def dispatch(x_ND: Tensor, plan: Dispatch) -> Tensor:
     """Token rows in expert order: (N, D) -> (A, D); assignment a belongs to token a // K."""
-    return x_ND[plan.order_A // plan.top_k]
+    # index_select, not x[idx]: its backward is an index_add, about twice as fast on CPU as index_put
+    return x_ND.index_select(0, plan.order_A // plan.top_k)
 
 
 def undispatch(y_AD: Tensor, plan: Dispatch) -> Tensor:
     """Inverse of `dispatch`: expert-ordered rows back to (N, K, D) in (token, slot) order."""
     N = y_AD.shape[0] // plan.top_k
-    return y_AD[plan.inverse_A].view(N, plan.top_k, y_AD.shape[1])
+    return y_AD.index_select(0, plan.inverse_A).view(N, plan.top_k, y_AD.shape[1])
 
 
 def combine(y_AD: Tensor, plan: Dispatch, weights_NK: Tensor) -> Tensor:
@@ -115,14 +116,12 @@ class MoELayer(nn.Module):
 
     def experts(self, x_AD: Tensor, counts: list[int]) -> Tensor:
         """Run each expert on its contiguous slice of the sorted assignments: (A, D) -> (A, D)."""
-        outs = []
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            h_nF = F.gelu(x_AD[start : start + n] @ self.w_in[e])
-            outs.append(h_nF @ self.w_out[e])
-            start += n
+        # split / unbind rather than slicing in the loop: their backward is one cat / stack, where each
+        # slice's backward would allocate and sum a full-size zero gradient per expert.
+        w_in, w_out = self.w_in.unbind(0), self.w_out.unbind(0)
+        outs = [
+            F.gelu(x_nD @ w_in[e]) @ w_out[e] for e, x_nD in enumerate(torch.split(x_AD, counts)) if counts[e]
+        ]
         return torch.cat(outs, dim=0)
 
     def forward(self, x_BTD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
