@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import moeswarm.clocks
-import moeswarm.identity  # registers its types
+import moeswarm.consensus.messages  # registers its types
+import moeswarm.identity
 from moeswarm import wire
 from moeswarm.wire import Limit, WireError, message
 from tests.wire_strategies import encodable, messages_of
