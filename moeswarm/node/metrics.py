@@ -68,7 +68,7 @@ class NodeMetrics:
         self.admissions_refused = Counter(
             "moeswarm_admissions_refused", "Handshakes refused", ["reason"], registry=r
         )
-        self.reconnects = Counter("moeswarm_reconnects", "Outgoing connection attempts after a failure", registry=r)
+        self.reconnects = Counter("moeswarm_reconnects", "Redials of an address after a failure or a lost link", registry=r)
         self.blobs_served = Counter("moeswarm_blobs_served", "Blobs served over HTTP", registry=r)
         self.blob_fetch_failures = Counter(
             "moeswarm_blob_fetch_failures", "Blob fetches that failed", ["reason"], registry=r
