@@ -8,6 +8,14 @@ needs `Authorization: Bearer <token>`, compared in constant time.
 Every answer, errors included, is JSON `{"error": code, "message": ...}` on failure, so scripts can rely
 on one shape. A failure inside the node's control object becomes a 500 and a log line; it never takes
 the admin server, let alone the node, down.
+
+    TOKEN=$(cat .moeswarm/node-7000/admin_token)        # or the MOESWARM_ADMIN_TOKEN secret
+    curl http://127.0.0.1:7001/healthz
+    curl http://127.0.0.1:7001/metrics
+    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:7001/v1/status
+    curl -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:7001/v1/rounds?from=10&limit=5"
+    curl -H "Authorization: Bearer $TOKEN" -X POST http://127.0.0.1:7001/v1/training/pause
+    curl -H "Authorization: Bearer $TOKEN" -X POST http://127.0.0.1:7001/v1/drain
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from moeswarm.identity import Envelope, Identity, seal
 from moeswarm.node import admission
 from moeswarm.node.admission import ClusterKey
 from moeswarm.node.blobs import BlobHashMismatch, BlobNotFound, BlobTooLarge
-from moeswarm.node.handshake import CLOSE_POLICY, CLOSE_TOO_SLOW
+from moeswarm.node.handshake import CLOSE_DUPLICATE, CLOSE_POLICY, CLOSE_TOO_SLOW
 from moeswarm.node.metrics import NodeMetrics
 from moeswarm.node.pacing import Backoff, TokenBucket
 from moeswarm.node.peer_link import Outgoing, PeerLink
@@ -280,6 +280,21 @@ async def test_reconnects_after_the_peer_restarts(nodes: Callable[..., Any]) -> 
     assert await a2.transport.send(b.id, sealed(a2.identity, "back"))
     assert await b.receive() == (a2.id, "back")
     assert b.transport.metrics.value("moeswarm_reconnects_total") >= 1
+
+
+async def test_a_peer_back_with_a_new_address_replaces_its_old_connection(nodes: Callable[..., Any]) -> None:
+    a = await nodes(1)
+    async with aiohttp.ClientSession() as session, asyncio.timeout(WAIT_S):
+        old = await admitted_client(session, a, ident(2))  # node 2's previous process, still half-open
+        await eventually(lambda: a.transport.connected_peers() == [ident(2).node_id])
+        b = await nodes(2)  # node 2 again: new process, new port, same key
+        b.transport.connect(a.address)
+        msg = await old.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert old.close_code == CLOSE_DUPLICATE
+    assert [row["blob_address"] for row in a.transport.peer_table()] == [b.address]
+    assert await a.transport.send(b.id, sealed(a.identity, "to the new one"))
+    assert await b.receive() == (a.id, "to the new one")
 
 
 async def test_simultaneous_dials_settle_on_one_connection(nodes: Callable[..., Any]) -> None:
