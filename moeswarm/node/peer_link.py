@@ -49,6 +49,7 @@ class PeerLink:
         self._changed = asyncio.Condition()
         self._metrics = metrics
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None  # held so the task is not garbage-collected
 
     def start(self, inherited: list[Outgoing] | None = None) -> None:
         """Start the writer; `inherited` are messages still queued on the connection this one replaces."""
@@ -83,7 +84,7 @@ class PeerLink:
                     log.warning("peer %s: send queue full for %.1fs, disconnecting a peer too slow to keep up",
                                 self.peer_id[:12], self._send_block_timeout_s)
                     self._metrics.messages_dropped.labels(reason="peer_too_slow").inc()
-                    asyncio.get_running_loop().create_task(self.close(CLOSE_TOO_SLOW, "send queue full"))
+                    self._closer = asyncio.get_running_loop().create_task(self.close(CLOSE_TOO_SLOW, "send queue full"))
                     return False
                 if self.closed.is_set():
                     self._metrics.messages_dropped.labels(reason="disconnected").inc()

@@ -236,13 +236,15 @@ class PeerTransport:
             except ValueError:
                 raise BlobFetchError(f"{node_id_or_address[:80]!r} is neither a connected peer nor an address") from None
         try:
-            return await fetch_blob_from(self._session, f"http://{format_address(host, port)}", self.cluster,
+            blob = await fetch_blob_from(self._session, f"http://{format_address(host, port)}", self.cluster,
                                          blob_id, min(size_max, self.limits.blob_bytes_max),
                                          self.limits.blob_fetch_timeout_s)
         except BlobFetchError as exc:
             self.metrics.blob_fetch_failures.labels(reason=exc.reason).inc()
             log.warning("blob fetch failed: %s", exc)
             raise
+        self.metrics.bytes_received.labels(kind="blob").inc(len(blob))
+        return blob
 
     # --- admission: accepting side -----------------------------------------------------------------
 

@@ -237,6 +237,8 @@ async def test_blob_fetch_verifies_the_hash(nodes: Callable[..., Any]) -> None:
     await eventually(lambda: a.id in b.transport.connected_peers())
     assert await b.transport.fetch_blob(a.id, blob_id, size_max=len(blob)) == blob
     assert await b.transport.fetch_blob(a.address, blob_id, size_max=len(blob)) == blob
+    assert b.transport.metrics.value("moeswarm_bytes_received_total", {"kind": "blob"}) == 2 * len(blob)
+    assert a.transport.metrics.value("moeswarm_blobs_served_total") == 2
     with pytest.raises(BlobTooLarge):
         await b.transport.fetch_blob(a.id, blob_id, size_max=len(blob) - 1)
     missing = blake3.blake3(b"absent").hexdigest()
