@@ -45,7 +45,7 @@ def expert_id_of_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-expert_ids_of_name = expert_id_of_name  # the name the round protocol's brief uses
+expert_ids_of_name = expert_id_of_name  # second spelling, so callers written against either name work
 
 
 def is_trunk(name: str) -> bool:

@@ -150,6 +150,10 @@ class Trainer:
         self.trainable = set_trainable(self.model, experts, trunk)
         self.optimizer.set_trainable(self.trainable)
 
+    def set_shard(self, index: int, count: int) -> None:
+        """Move to shard `index` of `count` (after a membership change); the batch generator carries on."""
+        self.shard = self.data.shard(index, count, self.model.config.context)
+
     def _autocast(self) -> torch.autocast:
         return torch.autocast(
             device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"

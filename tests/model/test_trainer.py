@@ -80,6 +80,14 @@ def test_only_the_trainable_experts_change_and_the_set_can_move(corpus: Corpus) 
     assert {expert_id_of_name(n) for n in last if not torch.equal(after[n], last[n])} == {None, 3}
 
 
+def test_set_shard_draws_from_the_new_shard_only(corpus: Corpus) -> None:
+    trainer = Trainer(MoETransformer(TINY, seed=0), corpus, _cfg(), shard=(0, 2))
+    trainer.set_shard(1, 2)
+    assert (trainer.shard.index, trainer.shard.count) == (1, 2)
+    assert trainer.shard.windows == corpus.shard(1, 2, TINY.context).windows
+    trainer.train(1)
+
+
 def test_lr_schedules() -> None:
     cosine = TrainConfig(lr=1.0, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
     assert cosine.lr_at(0) == pytest.approx(0.1)
