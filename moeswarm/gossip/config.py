@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from moeswarm.gossip.messages import Priority
+
+T = TypeVar("T")
+
+
+class Rng(Protocol):
+    """What the cores draw from: a ``random.Random(seed)`` injected by the driver, never imported here."""
+
+    def shuffle(self, x: MutableSequence[Any]) -> None: ...
+
+    def sample(self, population: Sequence[T], k: int) -> list[T]: ...
+
+    def randint(self, a: int, b: int) -> int: ...
+
+    def choice(self, seq: Sequence[T]) -> T: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

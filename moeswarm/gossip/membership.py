@@ -11,12 +11,11 @@ a higher incarnation wins, and at equal incarnation dead beats suspect beats ali
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from moeswarm.gossip.awareness import Awareness
 from moeswarm.gossip.broadcast import BroadcastQueue
-from moeswarm.gossip.config import GossipConfig
+from moeswarm.gossip.config import GossipConfig, Rng
 from moeswarm.gossip.effects import Alive, Dead, Effect, Joined, MemberEvent, Send, Suspect
 from moeswarm.gossip.messages import (
     COUNTER_MAX,
@@ -65,7 +64,7 @@ class _Relay:
 
 
 class Membership:
-    def __init__(self, node_id: str, config: GossipConfig, rng: random.Random, now: float) -> None:
+    def __init__(self, node_id: str, config: GossipConfig, rng: Rng, now: float) -> None:
         self.node_id = node_id
         self.config = config
         self.rng = rng

@@ -9,12 +9,11 @@ node (membership changes, delivered rumors, changed peer state).
 from __future__ import annotations
 
 import math
-import random
 from collections import OrderedDict
 from collections.abc import Iterable
 
 from moeswarm.gossip.broadcast import BroadcastQueue, QueuedItem
-from moeswarm.gossip.config import GossipConfig
+from moeswarm.gossip.config import GossipConfig, Rng
 from moeswarm.gossip.effects import Delivered, Effect, Send
 from moeswarm.gossip.membership import Member, Membership
 from moeswarm.gossip.messages import (
@@ -45,7 +44,7 @@ class GossipNode:
         node_id: str,
         *,
         config: GossipConfig,
-        rng: random.Random,
+        rng: Rng,
         now: float,
         seeds: Iterable[str] = (),
     ) -> None:

@@ -74,7 +74,9 @@ class Scuttlebutt:
         for origin, newer in lagging:
             for version, key, value in newer:
                 size = ENTRY_OVERHEAD_BYTES + len(key) + len(value) + len(origin)
-                if size > budget or len(out) >= ENTRIES_PER_MESSAGE_MAX:
+                # One entry always goes, however small the budget: otherwise a large value would
+                # never be sent and every peer would stay behind on its origin forever.
+                if (size > budget and out) or len(out) >= ENTRIES_PER_MESSAGE_MAX:
                     break
                 budget -= size
                 out.append(Entry(origin=origin, key=key, version=version, value=value))
