@@ -109,7 +109,12 @@ class RoundTracker:
         """Verdict on a proposed commit, a reason for logs, and the listed blobs we still lack."""
         if commit.round > self.round + 1:
             return Verdict.PENDING, f"commit for round {commit.round}, we are at {self.round}", []
-        if commit.round <= self.round:
+        if commit.round == self.round and self.round > 0:
+            # The commit we just applied, proposed again by a primary that had not applied it yet when
+            # it pre-prepared: executing it is a deterministic no-op, and refusing it would only cost a
+            # view change.
+            return Verdict.VALID, "duplicate of the last commit: a no-op", []
+        if commit.round < self.round:
             return Verdict.INVALID, f"commit for round {commit.round} is stale (we are at {self.round})", []
         if commit.base_hash != self.base_hash:
             return Verdict.INVALID, "commit extends a state hash that is not ours", []

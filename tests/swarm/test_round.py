@@ -69,6 +69,9 @@ def test_wrong_base_stale_round_and_future_round() -> None:
     assert t.judge(RoundCommit(round=1, base_hash=b"\x02" * 32, epoch=0, entries=entries))[0] is Verdict.INVALID
     assert t.judge(RoundCommit(round=2, base_hash=H0, epoch=0, entries=entries))[0] is Verdict.PENDING
     t.advance(1, b"\x03" * 32, 0, MEMBERS, [entries[0].blob_id], now=5.0)
+    # the commit just applied, proposed again by a slower primary: a harmless no-op
+    assert t.judge(RoundCommit(round=1, base_hash=H0, epoch=0, entries=entries))[0] is Verdict.VALID
+    t.advance(2, b"\x04" * 32, 0, MEMBERS, [], now=6.0)
     assert t.judge(RoundCommit(round=1, base_hash=H0, epoch=0, entries=entries))[0] is Verdict.INVALID
 
 

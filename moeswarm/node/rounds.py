@@ -1,0 +1,331 @@
+"""The round protocol's I/O: train in a worker thread, publish the delta, pull peers' deltas, apply commits.
+
+One `RoundDriver` per node. It owns the `SwarmEngine` (tensors) and the `RoundTracker` (pure
+bookkeeping), and talks to the network only through the callables the daemon gives it. Everything
+that touches tensors runs in one worker thread (`_work`), one job at a time in submission order, so
+the engine never sees two threads and the event loop never waits on torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import blake3
+
+from moeswarm import wire
+from moeswarm.clocks import HybridLogicalClock, VectorClock
+from moeswarm.identity import Identity, verify
+from moeswarm.placement import Member, place
+from moeswarm.store import NodeStore
+from moeswarm.swarm.aggregate import staleness_weight
+from moeswarm.swarm.apply import Contribution
+from moeswarm.swarm.engine import ApplyReport, DeltaRejected, SwarmEngine
+from moeswarm.swarm.messages import BLOB_BYTES_MAX, DeltaAnnounce, DeltaBlob, RoundCommit
+from moeswarm.swarm.round import HeldBlob, RoundTracker, Verdict
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+HISTORY_ROUNDS_MAX = 10_000
+PENDING_FETCHES_MAX = 256
+RECOVER_ATTEMPTS_MAX = 30
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    """What the admin endpoint reports about one committed round."""
+
+    round: int
+    state_hash: str
+    seq: int
+    view: int
+    epoch: int
+    contributors: list[str]
+    rejected: dict[str, str]
+    heldout_bpb: float | None
+    tokens: int
+    commit_latency_ms: float
+    committed_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "state_hash": self.state_hash,
+            "seq": self.seq,
+            "view": self.view,
+            "epoch": self.epoch,
+            "contributors": self.contributors,
+            "rejected": self.rejected,
+            "heldout_bpb": self.heldout_bpb,
+            "tokens": self.tokens,
+            "commit_latency_ms": round(self.commit_latency_ms, 1),
+            "committed_at": self.committed_at,
+        }
+
+
+@dataclass(slots=True)
+class HeldDelta:
+    blob: DeltaBlob
+    blob_id: bytes
+    delta: dict[str, Any] | None  # decoded tensors, None when invalid
+
+
+def blob_signing_bytes(blob: DeltaBlob) -> bytes:
+    return wire.encode(replace(blob, sig=b""))
+
+
+class RoundDriver:
+    """Runs rounds for one node; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        engine: SwarmEngine,
+        store: NodeStore,
+        inner_steps: int,
+        replicas: int,
+        region_of: Callable[[str], str],
+        deadline_s: float,
+        staleness_rounds_max: int,
+        eval_batches: int = 8,
+    ) -> None:
+        self.identity = identity
+        self.engine = engine
+        self.store = store
+        self.inner_steps = inner_steps
+        self.replicas = replicas
+        self.region_of = region_of
+        self.eval_batches = eval_batches
+        self.hlc = HybridLogicalClock()
+        self.version = VectorClock.of()
+        self.members: tuple[str, ...] = ()
+        self.tracker = RoundTracker(
+            round=engine.round, base_hash=engine.state_hash, epoch=engine.epoch, members=(),
+            deadline_s=deadline_s, staleness_rounds_max=staleness_rounds_max,
+        )
+        self.held: dict[bytes, HeldDelta] = {}
+        self.history: list[RoundRecord] = []
+        self.tokens_total = 0
+        self.heldout_bpb: float | None = None
+        self.phase = "idle"
+        self.paused = asyncio.Event()
+        self.paused.set()
+        self.bytes_published = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        self._fetching: set[bytes] = set()
+        self.fetch_missing: Callable[[bytes, list[str]], Awaitable[bool]] | None = None
+
+    # --- worker thread --------------------------------------------------------------------------
+
+    async def _work(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- membership -------------------------------------------------------------------------------
+
+    def set_members(self, members: Sequence[str], epoch: int) -> None:
+        """Recompute placement and the data shard from the member set (deterministic on every node)."""
+        self.members = tuple(sorted(members))
+        self.tracker.members = self.members
+        self.tracker.epoch = epoch
+        if self.identity.node_id not in self.members:
+            return
+        placement = place(
+            self.engine.config.model.n_experts,
+            [Member(node_id=m, region=self.region_of(m)) for m in self.members],
+            min(self.replicas, len(self.members)),
+        )
+        owned = placement.experts_of(self.identity.node_id)
+        index = self.members.index(self.identity.node_id)
+        self.engine.set_assignment(owned, index, len(self.members))
+        self._owners = {e: placement.owners(e) for e in range(self.engine.config.model.n_experts)}
+
+    def experts_of(self, node_id: str) -> tuple[int, ...]:
+        owners = getattr(self, "_owners", {})
+        return tuple(e for e, nodes in owners.items() if node_id in nodes)
+
+    # --- training and publishing --------------------------------------------------------------
+
+    async def train_and_publish(self) -> DeltaAnnounce:
+        """H inner steps from the committed weights, then a signed blob stored locally."""
+        await self.paused.wait()
+        base_round, base_hash = self.engine.round, self.engine.state_hash
+        self.phase = "train"
+        stats = await self._work(self.engine.train, self.inner_steps)
+        self.tokens_total += stats.tokens
+        self.phase = "encode"
+        payload, names = await self._work(self._encode_delta)
+        stamp = self.hlc.send(int(time.time() * 1000))
+        self.version = self.version.increment(self.identity.node_id)
+        unsigned = DeltaBlob(
+            node=self.identity.node_id, round=base_round, base_hash=base_hash, epoch=self.engine.epoch,
+            hlc_ms=stamp.physical_ms, hlc_logical=stamp.logical, version=dict(self.version),
+            names=tuple(names), payload=payload,
+        )
+        blob = replace(unsigned, sig=self.identity.sign(wire.encode(unsigned)))
+        data = wire.encode(blob)
+        blob_id = blake3.blake3(data).digest()
+        await self._work(self.store.chunks.put, data)
+        delta = await self._work(self._decode_own, blob)
+        self._hold(blob, blob_id, delta, reason="")
+        self.bytes_published += len(data)
+        self.phase = "commit"
+        return DeltaAnnounce(
+            author=self.identity.node_id, round=base_round, base_hash=base_hash, blob_id=blob_id,
+            size_bytes=len(data),
+        )
+
+    def _encode_delta(self) -> tuple[bytes, list[str]]:
+        delta = self.engine.delta()
+        return self.engine.encode(delta), list(delta)
+
+    def _decode_own(self, blob: DeltaBlob) -> dict[str, Any] | None:
+        try:
+            return self.engine.decode(blob.payload, blob.names, self.engine.allowed_names(self.engine.owned))
+        except DeltaRejected:
+            return None  # our own poisoned (NaN) delta: held as invalid, never proposed by honest primaries
+
+    # --- receiving --------------------------------------------------------------------------------
+
+    def wants(self, announce: DeltaAnnounce) -> bool:
+        if announce.blob_id in self.held or announce.blob_id in self._fetching:
+            return False
+        if self.tracker.holds(announce.blob_id):
+            return False
+        if len(self._fetching) >= PENDING_FETCHES_MAX:
+            return False
+        return announce.round + self.tracker.staleness_rounds_max >= self.engine.round
+
+    async def fetch_and_check(self, blob_id: bytes, fetch: Callable[[], Awaitable[bytes]]) -> bool:
+        """Pull a blob (its hash is checked by the fetcher), verify and decode it; True when now held."""
+        if blob_id in self.held or blob_id in self._fetching:
+            return blob_id in self.held
+        self._fetching.add(blob_id)
+        try:
+            data = await fetch()
+            if blake3.blake3(data).digest() != blob_id:
+                log.warning("blob %s: content does not match its id", blob_id.hex()[:12])
+                return False
+            try:
+                blob = wire.decode_as(data, DeltaBlob)
+            except wire.WireError as exc:
+                log.warning("blob %s rejected: %s", blob_id.hex()[:12], exc.reason)
+                return False
+            if not verify(blob.node, blob_signing_bytes(blob), blob.sig):
+                log.warning("blob %s rejected: bad signature from %s", blob_id.hex()[:12], blob.node[:12])
+                return False
+            delta, reason = await self._work(self._check, blob)
+            await self._work(self.store.chunks.put, data)
+            self._hold(blob, blob_id, delta, reason)
+            return True
+        finally:
+            self._fetching.discard(blob_id)
+
+    def _check(self, blob: DeltaBlob) -> tuple[dict[str, Any] | None, str]:
+        if blob.node not in self.members:
+            return None, "author is not a member"
+        try:
+            allowed = self.engine.allowed_names(self.experts_of(blob.node))
+            return self.engine.decode(blob.payload, blob.names, allowed), ""
+        except DeltaRejected as exc:
+            log.warning("delta from %s for round %d rejected: %s", blob.node[:12], blob.round, exc)
+            return None, str(exc)
+
+    def _hold(self, blob: DeltaBlob, blob_id: bytes, delta: dict[str, Any] | None, reason: str) -> None:
+        self.held[blob_id] = HeldDelta(blob=blob, blob_id=blob_id, delta=delta)
+        self.tracker.add(HeldBlob(author=blob.node, round=blob.round, blob_id=blob_id,
+                                  valid=delta is not None, reason=reason))
+
+    # --- consensus hooks ------------------------------------------------------------------------
+
+    def judge(self, value: bytes) -> tuple[Verdict, str, list[bytes]]:
+        try:
+            commit = wire.decode_as(value, RoundCommit)
+        except wire.WireError as exc:
+            return Verdict.INVALID, f"not a round commit: {exc.reason}", []
+        verdict, reason, missing = self.tracker.judge(commit)
+        return verdict, reason, [e.blob_id for e in missing]
+
+    def proposal(self, now: float) -> bytes | None:
+        if not self.tracker.ready(now):
+            return None
+        return wire.encode(self.tracker.build_commit())
+
+    async def apply(self, value: bytes, seq: int, view: int, proposed_at: float | None) -> ApplyReport | None:
+        """Apply a decided commit; a commit that no longer extends our state is a deterministic no-op."""
+        try:
+            commit = wire.decode_as(value, RoundCommit)
+        except wire.WireError:
+            return None
+        if commit.round != self.engine.round + 1 or commit.base_hash != self.engine.state_hash:
+            log.info("seq %d: commit for round %d does not extend round %d: no-op", seq, commit.round,
+                     self.engine.round)
+            return None
+        contributions = []
+        for entry in commit.entries:
+            if entry.blob_id not in self.held:
+                await self._recover_blob(entry.blob_id, entry.node)
+            held = self.held.get(entry.blob_id)
+            if held is None or held.delta is None:
+                raise RuntimeError(f"decided commit lists blob {entry.blob_id.hex()[:12]} this node lacks")
+            weight = staleness_weight(self.engine.round - entry.round)
+            contributions.append(Contribution(node_id=entry.node, delta=held.delta, weight=weight))
+        self.phase = "apply"
+        report = await self._work(self.engine.apply, contributions, commit.round, commit.epoch)
+        bpb = await self._work(self.engine.evaluate, self.eval_batches)
+        self.heldout_bpb = bpb
+        committed = [e.blob_id for e in commit.entries]
+        self.tracker.advance(report.round, report.state_hash, commit.epoch, self.members, committed,
+                             time.monotonic())
+        for blob_id in committed:
+            self.held.pop(blob_id, None)
+        self._forget_old()
+        latency = (time.monotonic() - proposed_at) * 1000 if proposed_at else 0.0
+        self.history.append(RoundRecord(
+            round=report.round, state_hash=report.state_hash.hex(), seq=seq, view=view, epoch=commit.epoch,
+            contributors=list(report.accepted), rejected=report.rejected, heldout_bpb=bpb,
+            tokens=self.tokens_total * max(1, len(self.members)), commit_latency_ms=latency,
+            committed_at=time.time(),
+        ))
+        del self.history[:-HISTORY_ROUNDS_MAX]
+        if report.rejected:
+            log.warning("round %d: rejected contributions %s", report.round,
+                        {k[:12]: v for k, v in report.rejected.items()})
+        return report
+
+    async def _recover_blob(self, blob_id: bytes, author: str) -> None:
+        """A decided commit lists a blob we do not hold in memory (e.g. re-delivered after a restart):
+        read it from our chunk store, else pull it from the swarm; a quorum validated it, so it exists."""
+        store = self.store
+
+        async def from_disk() -> bytes:
+            return await self._work(store.chunks.get, blob_id.hex())
+
+        if await self._safe_fetch(blob_id, from_disk):
+            return
+        for _ in range(RECOVER_ATTEMPTS_MAX):
+            if self.fetch_missing is not None and await self.fetch_missing(blob_id, [author, *self.members]):
+                return
+            await asyncio.sleep(1.0)
+
+    async def _safe_fetch(self, blob_id: bytes, fetch: Callable[[], Awaitable[bytes]]) -> bool:
+        try:
+            return await self.fetch_and_check(blob_id, fetch)
+        except Exception:
+            return False
+
+    def _forget_old(self) -> None:
+        oldest = self.engine.round - self.tracker.staleness_rounds_max
+        self.held = {k: h for k, h in self.held.items() if h.blob.round >= oldest}
+
+    def blob_size_max(self) -> int:
+        return BLOB_BYTES_MAX
