@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed
 
 up: setup
-	$(BIN)/moe-swarm up --nodes 4
+	$(BIN)/moe-swarm up --nodes 4 --rounds 20
 
 train: setup
 	$(BIN)/moe-swarm train
