@@ -17,6 +17,7 @@ from blake3 import blake3
 from torch import Tensor
 
 SEED_SAMPLE_ELEMENTS = 4096
+RECONSTRUCT_BLOCK_ELEMENTS = 1 << 16
 
 
 def applies(shape: tuple[int, ...], rank: int) -> bool:
@@ -40,8 +41,17 @@ def factorize(matrix: Tensor, rank: int, name: str) -> tuple[Tensor, Tensor]:
 
 
 def reconstruct(p_MR: Tensor, q_NR: Tensor) -> Tensor:
+    """Sum of rank-1 outer products, one at a time, over blocks of rows small enough to stay in cache."""
     rows, rank = p_MR.shape
-    out_MN = torch.zeros(rows, q_NR.shape[0], dtype=torch.float32)
-    for r in range(rank):
-        out_MN.add_(p_MR[:, r : r + 1] * q_NR[:, r].view(1, -1))
+    cols = q_NR.shape[0]
+    out_MN = torch.zeros(rows, cols, dtype=torch.float32)
+    step = max(1, RECONSTRUCT_BLOCK_ELEMENTS // max(1, cols))
+    term = torch.empty(min(step, rows), cols, dtype=torch.float32)
+    q_RN = q_NR.T.contiguous()
+    for start in range(0, rows, step):
+        block = out_MN[start : start + step]
+        scratch = term[: block.shape[0]]
+        for r in range(rank):
+            torch.mul(p_MR[start : start + step, r : r + 1], q_RN[r : r + 1], out=scratch)
+            block.add_(scratch)
     return out_MN

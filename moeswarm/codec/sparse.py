@@ -1,10 +1,11 @@
 """Top-k sparsification: which entries to send, and their positions as compact gap-coded bytes.
 
 Selecting the exact k largest magnitudes with ``torch.topk`` over tens of millions of entries runs at
-well under 200 MB/s on one core, so for large tensors a threshold is first estimated from a strided
-sample, every entry above it becomes a candidate (about 1.5 k of them), and the exact top k is taken
-among the candidates only. If the sample misjudged and fewer than k entries pass, the exact selection
-runs over the whole tensor instead.
+well under 200 MB/s on one core, so for large tensors two thresholds are estimated from a strided sample,
+four standard deviations of the sample count either side of the k-th value: entries above the higher
+one are kept outright, and the exact cut is made only among the few entries between the two. If the
+sample misjudged (the cut does not fall inside the band), the exact selection runs over the whole
+tensor instead.
 
 Positions travel as gaps between successive sorted indices (``gap = idx[i] - idx[i-1] - 1``), in the
 narrowest of 1, 2 or 4 bytes that holds the largest gap, split into byte planes (all low bytes, then all
@@ -24,7 +25,7 @@ from moeswarm.codec.errors import CodecError
 SAMPLE_ELEMENTS_MAX = 1 << 18
 SAMPLE_ELEMENTS_MIN = 4096
 SAMPLE_HITS = 64
-CANDIDATE_SLACK = 1.5
+BAND_SIGMAS = 4.0
 INDEX_WIDTHS = (1, 2, 4)
 
 
@@ -34,24 +35,37 @@ def kept_count(numel: int, fraction: float) -> int:
 
 
 def select_top(x: Tensor, k: int) -> Tensor:
-    """Sorted int64 indices of the k largest |x| of a 1-D tensor (``x`` may already be magnitudes)."""
+    """Sorted int64 indices of the k largest |x| of a 1-D tensor."""
     numel = x.numel()
     if k >= numel:
         return torch.arange(numel, dtype=torch.int64)
     magnitude = x.abs()
     # Enough sample points that ~SAMPLE_HITS of them lie above the threshold; an odd stride so a stride
     # equal to a power-of-two row length cannot sample one column only.
-    target = min(SAMPLE_ELEMENTS_MAX, max(SAMPLE_ELEMENTS_MIN, math.ceil(SAMPLE_HITS * numel / k)))
+    target = min(
+        SAMPLE_ELEMENTS_MAX, max(SAMPLE_ELEMENTS_MIN, math.ceil(SAMPLE_HITS * numel / k), numel // 64)
+    )
     if numel <= 2 * target:
         return _exact_top(magnitude, k)
-    stride = (numel // target) | 1
-    sample = magnitude[::stride]
-    want = min(sample.numel(), max(1, math.ceil(CANDIDATE_SLACK * k * sample.numel() / numel)))
-    threshold = torch.kthvalue(sample, sample.numel() - want + 1).values
-    candidates = torch.nonzero(magnitude >= threshold).view(-1)
-    if candidates.numel() < k:
+    sample = magnitude[:: (numel // target) | 1]
+    hits = k * sample.numel() / numel
+    margin = BAND_SIGMAS / math.sqrt(max(hits, 1.0))
+    upper = _sample_threshold(sample, hits * (1 + margin))
+    lower = _sample_threshold(sample, hits * (1 - margin))
+    # Entries above `lower` are surely kept; the exact cut is made only inside the band [upper, lower].
+    sure = magnitude > lower
+    band = torch.nonzero((magnitude >= upper) & ~sure).view(-1)
+    need = k - int(torch.count_nonzero(sure))
+    if need < 0 or need > band.numel():
         return _exact_top(magnitude, k)
-    return candidates[_exact_top(magnitude[candidates], k)]
+    sure[band[_exact_top(magnitude[band], need)]] = True
+    return torch.nonzero(sure).view(-1)
+
+
+def _sample_threshold(sample: Tensor, above: float) -> Tensor:
+    """The value with about ``above`` sample points over it."""
+    count = min(sample.numel(), max(1, math.ceil(above)))
+    return torch.kthvalue(sample, sample.numel() - count + 1).values
 
 
 def _exact_top(magnitude: Tensor, k: int) -> Tensor:
@@ -66,7 +80,7 @@ def _exact_top(magnitude: Tensor, k: int) -> Tensor:
         return torch.arange(magnitude.numel(), dtype=torch.int64)
     kth = torch.kthvalue(magnitude, magnitude.numel() - k + 1).values
     above = magnitude > kth
-    missing = k - int(above.sum())
+    missing = k - int(torch.count_nonzero(above))
     if missing > 0:
         ties = torch.nonzero(magnitude == kth).view(-1)[:missing]
         above[ties] = True

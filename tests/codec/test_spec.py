@@ -12,12 +12,12 @@ from moeswarm.codec import CodecSpec, SpecError, parse_spec
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("topk:0.01+int8+zstd", CodecSpec(structure="topk", fraction=0.01, values="int8", zstd_level=3)),
+        ("topk:0.01+int8+zstd", CodecSpec(structure="topk", fraction=0.01, values="int8", zstd_level=1)),
         ("topk:1%+int8:128", CodecSpec(structure="topk", fraction=0.01, values="int8", block=128)),
         ("int8", CodecSpec(values="int8")),
         ("fp16", CodecSpec(values="fp16")),
-        ("bf16+zstd:1", CodecSpec(values="bf16", zstd_level=1)),
-        ("lowrank:4+fp16+zstd", CodecSpec(structure="lowrank", rank=4, values="fp16", zstd_level=3)),
+        ("bf16+zstd:9", CodecSpec(values="bf16", zstd_level=9)),
+        ("lowrank:4+fp16+zstd", CodecSpec(structure="lowrank", rank=4, values="fp16", zstd_level=1)),
         ("none", CodecSpec()),
         (" TopK:0.5 ", CodecSpec(structure="topk", fraction=0.5)),
     ],
