@@ -253,6 +253,12 @@ class ConsensusDriver:
 
             await asyncio.to_thread(rewrite)
 
+    async def propose_members(self, members: tuple[str, ...]) -> None:
+        """Ask for a committed reconfiguration to `members` (a dead node's removal, a join)."""
+        if tuple(sorted(members)) == self.members or not members:
+            return
+        await self._perform(self.replica.propose_reconfigure(members, self._now()))
+
     # --- leaving ------------------------------------------------------------------------------
 
     async def leave(self) -> None:

@@ -18,10 +18,12 @@ import contextlib
 import logging
 import signal
 import time
+import typing
 from typing import Any
 
 from moeswarm import wire
 from moeswarm.clocks import HybridLogicalClock
+from moeswarm.gossip import GossipMessage
 from moeswarm.identity import Envelope, Identity, seal
 from moeswarm.model.config import preset
 from moeswarm.model.data import load_corpus
@@ -30,6 +32,7 @@ from moeswarm.node.admin import AdminServer, ControlError, start_admin
 from moeswarm.node.config import NodeConfig
 from moeswarm.node.consensus_driver import ConsensusDriver
 from moeswarm.node.discovery import build_discovery
+from moeswarm.node.gossip_driver import GossipDriver
 from moeswarm.node.metrics import NodeMetrics
 from moeswarm.node.rounds import RoundDriver
 from moeswarm.node.transport import PeerTransport
@@ -42,6 +45,7 @@ from moeswarm.swarm.outer import OuterConfig
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
+GOSSIP_TYPES = typing.get_args(GossipMessage)
 BOOTSTRAP_POLL_S = 0.5
 CHECKPOINTS_KEPT = 3
 FINISH_LINGER_S = 3.0
@@ -64,6 +68,7 @@ class NodeDaemon:
         self.admin: AdminServer | None = None
         self.driver: RoundDriver | None = None
         self.consensus: ConsensusDriver | None = None
+        self.gossip: GossipDriver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- sending ----------------------------------------------------------------------------------
@@ -156,6 +161,8 @@ class NodeDaemon:
         self.consensus = ConsensusDriver(self, members, epoch=engine.epoch, executed_seq=seq,
                                          epoch_start_seq=start_seq)
         await self.consensus.start()
+        self.gossip = GossipDriver(self, c.seed, self.transport.connected_peers())
+        self.gossip.set_local("region", c.region)
         self.driver.set_members(self.consensus.members, self.consensus.epoch)
         self.spawn(self._tick_loop(), "tick")
         try:
@@ -230,6 +237,9 @@ class NodeDaemon:
         assert self.consensus is not None
         while not self.stopping.is_set():
             await self.consensus.tick()
+            if self.gossip is not None and self.driver is not None:
+                self.gossip.set_local("round", str(self.driver.engine.round))
+                await self.gossip.tick()
             self.metrics.peers_connected.set(len(self.transport.connected_peers()) if self.transport else 0)
             await asyncio.sleep(TICK_S)
 
@@ -248,6 +258,9 @@ class NodeDaemon:
             await self._on_announce(sender, msg)
         elif isinstance(msg, StateRequest):
             await self._on_state_request(sender, msg)
+        elif isinstance(msg, GOSSIP_TYPES):
+            if self.gossip is not None:
+                await self.gossip.on_message(sender, msg)
         elif isinstance(msg, StateOffer):
             assert self.consensus is not None
             await self.consensus.on_state_offer(sender, msg)
@@ -412,6 +425,8 @@ class NodeDaemon:
         members = set(self.consensus.members) if self.consensus else set()
         for row in table:
             row["member"] = row.get("node_id") in members
+            if self.gossip is not None and isinstance(row.get("node_id"), str):
+                row.update(self.gossip.describe(str(row["node_id"])))
         return {"peers": table}
 
     def experts(self) -> dict[str, Any]:
