@@ -49,7 +49,7 @@ def executed(r: Replica, seq: int, state_digest: bytes, now: float) -> None:
     if seq > r.last_delivered or r.removed:
         return
     r.last_executed = max(r.last_executed, seq)
-    if not is_checkpoint_seq(r, seq) or seq < r.low or (seq == r.low and r.stable is not None):
+    if not is_checkpoint_seq(r, seq) or seq < r.low or (seq == r.low and r.stable_at_low()):
         return
     c = sign(
         r.identity,
@@ -64,14 +64,15 @@ def on_checkpoint(r: Replica, c: Checkpoint, sender: str, now: float) -> None:
     if c.epoch != r.ms.epoch:
         if c.epoch > r.ms.epoch:
             note_claim(r, sender, c.epoch, 0, c.seq)
-            r.defer(c, sender)
+            ms = r.future.get(c.epoch)
+            if ms is not None and c.replica in ms and c.seq > r.last_delivered:
+                if r.verify(c.replica, c.signing_bytes(), c.sig):
+                    r.future_ckpts[c.replica] = c  # bounded: one per member of a known epoch
+                    weak_transfer(r, now)
+            else:
+                r.defer(c, sender)
         return
-    if (
-        c.replica not in r.ms
-        or c.replica == r.me
-        or c.seq < r.low
-        or (c.seq == r.low and r.stable is not None)
-    ):
+    if c.replica not in r.ms or c.replica == r.me or c.seq < r.low or (c.seq == r.low and r.stable_at_low()):
         return
     if c.seq in r.ckpt_votes.get(c.replica, {}) or not r.verify(c.replica, c.signing_bytes(), c.sig):
         return
@@ -93,11 +94,42 @@ def _add_checkpoint(r: Replica, c: Checkpoint, now: float) -> None:
             epoch=r.ms.epoch, seq=c.seq, state_digest=c.state_digest, checkpoints=chosen
         )
         adopt_stable(r, cert, now)
+    else:
+        weak_transfer(r, now)
+
+
+def weak_transfer(r: Replica, now: float) -> None:
+    """Fetch a state vouched for by f+1 checkpoints (so by one honest replica at least) when the
+    decisions before it cannot be had: this replica has no state at all yet (it joined, or its log
+    starts at an epoch it has not executed into), or it has been behind for a while. A stable
+    checkpoint needs a quorum, which may include this very replica -- so without this, f faulty
+    replicas plus one replica without state could stop checkpoints for good."""
+    stuck = r.behind_since is not None and now - r.behind_since >= 4 * r.config.fetch_delay
+    if r.transfer is not None or r.removed or not (r.last_delivered < r.low or stuck):
+        return
+    tally: dict[tuple[int, int, bytes], list[Checkpoint]] = {}
+    known = [c for votes in r.ckpt_votes.values() for c in votes.values()]
+    for c in [*known, *r.future_ckpts.values()]:
+        if c.seq > r.last_delivered and c.seq >= r.low:
+            tally.setdefault((c.epoch, c.seq, c.state_digest), []).append(c)
+    best = None
+    for (epoch, seq, digest), cs in tally.items():
+        ms = _membership_for(r, epoch)
+        if ms is not None and len(cs) >= ms.f + 1 and (best is None or seq > best[0].seq):
+            cert = CheckpointCertificate(
+                epoch=epoch,
+                seq=seq,
+                state_digest=digest,
+                checkpoints=tuple(sorted(cs, key=lambda x: x.replica)),
+            )
+            best = (cert, ms)
+    if best is not None:
+        begin_transfer(r, *best)
 
 
 def adopt_stable(r: Replica, cert: CheckpointCertificate, now: float) -> None:
     """Make ``cert`` the stable checkpoint: truncate the log below it, or transfer state if behind."""
-    if cert.seq < r.low or (cert.seq == r.low and r.stable is not None):
+    if cert.seq < r.low or (cert.seq == r.low and r.stable_at_low()):
         return
     normal.deliver_ready(r, now)  # deliver what the log holds before it is truncated
     r.stable = cert
@@ -137,10 +169,12 @@ def install_state(r: Replica, seq: int, state_digest: bytes, now: float) -> None
     r.last_executed = max(r.last_executed, seq)
     if ms is not None and cert is not None and ms.epoch != r.ms.epoch:
         normal.enter_epoch(r, ms, now)
-        r.stable, r.low = cert, seq
-        r.emit(Persist(cert))
+        if len(cert.checkpoints) >= r.q:  # a vouched-for (f+1) state moves no watermark
+            r.stable, r.low = cert, seq
+            r.emit(Persist(cert))
         r.next_seq = seq + 1
     r.fetched = {s: e for s, e in r.fetched.items() if s > seq}
+    executed(r, seq, state_digest, now)  # vouch for the installed state: it may complete a quorum
     normal.deliver_ready(r, now)
 
 
@@ -168,8 +202,17 @@ def _ahead(r: Replica, claim: tuple[int, int, int]) -> bool:
 
 
 def refresh_behind(r: Replica, now: float) -> None:
-    ahead = sum(1 for claim in r.claims.values() if _ahead(r, claim))
-    if ahead >= r.ms.f + 1 and not r.removed:
+    """Behind: a quorum of commits shows a later seq decided, or f+1 peers (one of them honest) show a
+    later epoch, a later view, or a checkpoint beyond this replica's last delivery."""
+    epoch, view, delivered = r.ms.epoch, r.view, r.last_delivered
+    behind = r.known_decided > delivered or any(s > delivered for s in r.fetched)
+    if not behind:  # this runs after every input: keep it a plain loop
+        ahead = 0
+        for e, v, s in r.claims.values():
+            if e > epoch or (e == epoch and (s > delivered or v > view)):
+                ahead += 1
+        behind = ahead > r.ms.f
+    if behind and not r.removed:
         if r.behind_since is None:
             r.behind_since = now
     else:
@@ -179,11 +222,15 @@ def refresh_behind(r: Replica, now: float) -> None:
 
 def maybe_fetch(r: Replica, now: float) -> None:
     refresh_behind(r, now)
+    weak_transfer(r, now)
     if r.behind_since is None or now < r.behind_since + r.config.fetch_delay:
         return
     if r.fetch_at is not None and now < r.fetch_at:
         return
     peers = sorted(p for p, claim in r.claims.items() if _ahead(r, claim))
+    peers = peers or [m for m in r.ms.members if m != r.me]
+    if not peers:
+        return
     peer = peers[r.fetch_round % len(peers)]
     r.fetch_round += 1
     r.emit(Send(peer, Fetch(epoch=r.ms.epoch, view=r.view, after_seq=r.last_delivered, replica=r.me)))
@@ -222,6 +269,20 @@ def on_fetch(r: Replica, req: Fetch, sender: str, now: float) -> None:
     if reconfigs or cert or entries or nv:
         answer = CatchUp(reconfigurations=reconfigs, checkpoint=cert, entries=tuple(entries), new_view=nv)
         r.emit(Send(sender, answer))
+
+
+def help_old_epoch(r: Replica, peer: str, epoch: int, now: float) -> None:
+    """A peer still speaks in an epoch this replica has left: send it the reconfigurations since, so
+    it can verify and deliver them (the old epoch may be unable to finish a view change without us)."""
+    last = r.served.get(peer)
+    chain = tuple(e for e in r.chain if e.epoch >= epoch)
+    if not chain or (last is not None and now - last < r.config.fetch_delay):
+        return
+    r.served.pop(peer, None)
+    r.served[peer] = now
+    if len(r.served) > SERVED_PEERS_MAX:
+        del r.served[next(iter(r.served))]
+    r.emit(Send(peer, CatchUp(reconfigurations=chain)))
 
 
 def _membership_for(r: Replica, epoch: int) -> Membership | None:

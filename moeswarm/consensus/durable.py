@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def restore(r: Replica, records: Sequence[object], applied_seq: int | None) -> None:
     applied = r.ms.start_seq if applied_seq is None else applied_seq
     _restore_epoch(r, records, applied)
-    certs = [c for c in records if isinstance(c, CheckpointCertificate) and c.epoch == r.ms.epoch]
+    certs = [c for c in records if isinstance(c, CheckpointCertificate) and c.epoch <= r.ms.epoch]
     if certs:
         r.stable = max(certs, key=lambda c: c.seq)
         r.low = max(r.low, r.stable.seq)
@@ -59,7 +59,6 @@ def _restore_epoch(r: Replica, records: Sequence[object], applied: int) -> None:
             r.chain.append(e)
             r.ms = Membership(e.proposal.epoch, e.proposal.members, e.seq)
             r.low = max(r.low, e.seq)
-            r.stable = None
     r.chain = r.chain[-normal.EPOCH_CHAIN_KEPT :]
     r.q = r.quorum_of(r.ms)
     r.removed = r.me not in r.ms
@@ -118,10 +117,12 @@ def _restore_record(r: Replica, rec: object) -> None:
 
 
 def resume(r: Replica, now: float) -> None:
-    if r.stable is not None and r.last_delivered < r.low and r.transfer is None:
+    if r.stable is not None and r.last_delivered < r.stable.seq and r.transfer is None:
         catchup.begin_transfer(r, r.stable, r.ms)
     for seq in sorted(r.slots):
-        slot = r.slots[seq]
+        slot = r.slots.get(seq)  # an earlier step may have truncated the log
+        if slot is None:
+            continue
         if slot.pre_prepare is not None and slot.validation is None and r.active:
             normal.evaluate(r, slot, now)
         elif slot.pre_prepare is not None and r.active:

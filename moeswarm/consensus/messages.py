@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Annotated, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 from moeswarm import wire
 from moeswarm.identity import Identity, NodeId, Signature
@@ -262,7 +262,19 @@ class StateInstalled:
     state_digest: StateDigest
 
 
-SignedT = TypeVar("SignedT", PrePrepare, Prepare, Commit, Checkpoint, ViewChange, NewView)
+class Signed(Protocol):
+    """A vote: it names its signer and carries a signature over ``signing_bytes()``."""
+
+    @property
+    def replica(self) -> str: ...
+
+    @property
+    def sig(self) -> bytes: ...
+
+    def signing_bytes(self) -> bytes: ...
+
+
+SignedT = TypeVar("SignedT", bound=Signed)
 
 
 UNSIGNED = b"\x00" * 64  # placeholder signature of a message about to be signed by `sign`
@@ -271,4 +283,4 @@ UNSIGNED = b"\x00" * 64  # placeholder signature of a message about to be signed
 def sign(identity: Identity, msg: SignedT) -> SignedT:
     """Return ``msg`` (built with ``replica=identity.node_id, sig=UNSIGNED``) with its signature."""
     assert msg.replica == identity.node_id, "a replica signs only its own messages"
-    return replace(msg, sig=identity.sign(msg.signing_bytes()))
+    return replace(msg, sig=identity.sign(msg.signing_bytes()))  # type: ignore[type-var]

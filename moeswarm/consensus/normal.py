@@ -52,8 +52,11 @@ def _barrier(r: Replica) -> bool:
 
 def try_propose(r: Replica, now: float) -> None:
     """The primary of an active view pre-prepares what is wanted, while the window allows."""
+    if r.wanted_reconfig is not None and r.wanted_reconfig.epoch != r.ms.epoch + 1:
+        r.wanted_reconfig = None  # asked for in an epoch that has passed
     while r.is_primary and r.active and not r.removed and r.transfer is None:
         proposal = r.wanted_reconfig or r.wanted
+        r.next_seq = max(r.next_seq, r.last_delivered + 1)  # never re-number a decided seq
         if proposal is None or not r.in_window(r.next_seq) or _barrier(r):
             return
         if proposal.kind is Kind.RECONFIGURE:
@@ -87,10 +90,12 @@ def _same_epoch_and_view(r: Replica, msg: PrePrepare, sender: str) -> bool:
     if msg.epoch != r.ms.epoch:
         if msg.epoch > r.ms.epoch:
             r.defer(msg, sender)
-            _claim(r, sender, msg.epoch, msg.view, msg.seq)
+            _claim(r, sender, msg.epoch, 0, 0)
         return False
     if msg.view > r.view or (msg.view == r.view and not r.active):
         r.defer(msg, sender)
+        if msg.view > r.view:
+            _claim(r, sender, msg.epoch, msg.view, 0)
         return False
     return msg.view == r.view
 
@@ -139,9 +144,10 @@ def evaluate(r: Replica, slot: Slot, now: float) -> None:
 def recheck(r: Replica, now: float) -> None:
     view = r.view
     for seq in sorted(r.slots):
-        slot = r.slots[seq]
+        slot = r.slots.get(seq)  # an earlier verdict may have truncated the log
         if (
-            slot.validation is Validation.PENDING
+            slot is not None
+            and slot.validation is Validation.PENDING
             and slot.pre_prepare is not None
             and r.view == view
             and r.active
@@ -169,19 +175,14 @@ def _accept_vote(r: Replica, vote: Prepare | Commit, sender: str) -> Slot | None
     if vote.epoch != r.ms.epoch:
         if vote.epoch > r.ms.epoch:
             r.defer(vote, sender)
-            _claim(r, sender, vote.epoch, vote.view, vote.seq)
+            _claim(r, sender, vote.epoch, 0, 0)
         return None
-    if vote.replica not in r.ms or not r.view <= vote.view <= r.view + 1:
-        if vote.replica in r.ms and vote.view > r.view:
-            _claim(r, vote.replica, vote.epoch, vote.view, vote.seq)
-        return None
-    if not r.in_window(vote.seq):
-        if vote.seq > r.low:
-            _claim(r, vote.replica, vote.epoch, vote.view, vote.seq)
+    if vote.view > r.view:
+        _claim(r, sender, vote.epoch, vote.view, 0)
+    if vote.replica not in r.ms or not r.view <= vote.view <= r.view + 1 or not r.in_window(vote.seq):
         return None
     if not r.verify(vote.replica, vote.signing_bytes(), vote.sig):
         return None
-    _claim(r, vote.replica, vote.epoch, vote.view, vote.seq - 1 if isinstance(vote, Prepare) else vote.seq)
     return r.slot(vote.seq)
 
 
@@ -197,6 +198,10 @@ def on_commit(r: Replica, c: Commit, sender: str, now: float) -> None:
     slot = _accept_vote(r, c, sender)
     if slot is not None and slot.add_commit(c):
         advance(r, slot, now)
+        if len(slot.commits[(c.view, c.digest)]) >= r.q:
+            # Decided; if it cannot be delivered here (a lost pre-prepare, a gap before it, still
+            # validating), this replica is behind and fetches it.
+            r.known_decided = max(r.known_decided, slot.seq)
 
 
 def advance(r: Replica, slot: Slot, now: float) -> None:
@@ -262,10 +267,12 @@ def enter_epoch(r: Replica, ms: Membership, now: float) -> None:
     # replicas that are still catching up to the reconfiguration.
     r.slots = {s: slot for s, slot in r.slots.items() if s <= ms.start_seq and slot.committed is not None}
     r.low = max(r.low, ms.start_seq)
-    r.stable = None if r.stable is None or r.stable.epoch != ms.epoch else r.stable
     r.view, r.active, r.vcs, r.new_view, r.attempts = 0, True, {}, None, 0
     r.next_seq = max(r.low, r.last_delivered) + 1
     r.ckpt_votes, r.own_checkpoint, r.claims, r.behind_since = {}, None, {}, None
+    r.known_decided = 0
+    r.wanted_reconfig = None
+    r.future_ckpts = {k: c for k, c in r.future_ckpts.items() if c.epoch > ms.epoch}
     r.fetched = {s: e for s, e in r.fetched.items() if e.epoch >= ms.epoch}
     r.future = {e: m for e, m in r.future.items() if e > ms.epoch}
     r.removed = r.me not in ms
@@ -275,8 +282,11 @@ def enter_epoch(r: Replica, ms: Membership, now: float) -> None:
 
 
 def has_work(r: Replica) -> bool:
-    """Something this replica expects to be decided: the primary is suspected if it stalls."""
-    if not r.active or r.removed or r.transfer is not None or r.behind_since is not None:
+    """Something this replica expects to be decided: the primary is suspected if it stalls.
+
+    Being behind does not pause the suspicion: fetching usually repairs a gap well within the view
+    timeout, and when no honest replica holds the missing decision only a view change can."""
+    if not r.active or r.removed or r.transfer is not None:
         return False
     if r.wanted is not None or r.wanted_reconfig is not None:
         return True
@@ -302,7 +312,8 @@ def update_timers(r: Replica, now: float) -> None:
 
 
 def _checkpoint_pending(r: Replica) -> bool:
-    return r.own_checkpoint is not None and r.own_checkpoint.seq > r.low
+    own = r.own_checkpoint
+    return own is not None and (own.seq > r.low or (own.seq == r.low and not r.stable_at_low()))
 
 
 def resend(r: Replica, now: float) -> None:

@@ -84,7 +84,8 @@ class Replica:
         self.progress_at: float | None = None
         self.newview_at: float | None = None
         self.resend_at: float | None = None
-        self.claims: dict[str, tuple[int, int, int]] = {}  # peer -> (epoch, view, seq) it showed
+        self.claims: dict[str, tuple[int, int, int]] = {}  # peer -> (epoch, view, checkpoint seq) shown
+        self.known_decided = 0  # highest seq a quorum of commits shows decided, seen by this replica
         self.behind_since: float | None = None
         self.fetch_at: float | None = None
         self.fetch_round = 0
@@ -94,6 +95,7 @@ class Replica:
         self.transfer_ms: Membership | None = None
         self.transfer_cert: CheckpointCertificate | None = None
         self.fetched: dict[int, CommittedEntry] = {}
+        self.future_ckpts: dict[str, Checkpoint] = {}  # latest checkpoint per member of a later epoch
         self.early: deque[tuple[object, str]] = deque(maxlen=EARLY_MESSAGES_MAX)
         self.replay_early = False
         self.removed = self.me not in self.ms
@@ -195,6 +197,11 @@ class Replica:
             found = self.slots[seq] = Slot(seq)
         return found
 
+    def stable_at_low(self) -> bool:
+        """True once the seq the log starts from has a stable checkpoint (an epoch's first seq has
+        none until a quorum of the new member set signs it)."""
+        return self.stable is not None and self.stable.seq == self.low
+
     def in_window(self, seq: int) -> bool:
         return self.low < seq <= self.low + self.config.window
 
@@ -219,8 +226,13 @@ class Replica:
         if self.removed and not isinstance(msg, Fetch | CatchUp):
             return
         handler = _HANDLERS.get(type(msg))
-        if handler is not None:
-            handler(self, msg, sender, now)
+        if handler is None:
+            return
+        epoch = getattr(msg, "epoch", None)
+        if isinstance(epoch, int) and epoch < self.ms.epoch and not isinstance(msg, Fetch):
+            catchup.help_old_epoch(self, sender, epoch, now)
+            return
+        handler(self, msg, sender, now)
 
     def _flush(self, now: float) -> list[Effect]:
         rounds = 0

@@ -63,9 +63,8 @@ def _own_view_change(r: Replica, new_view: int) -> ViewChange:
     prepared = tuple(
         slot.prepared
         for seq, slot in sorted(r.slots.items())
-        if slot.prepared is not None
-        and stable_seq < seq <= stable_seq + r.config.window
-        and slot.prepared.pre_prepare.epoch == r.ms.epoch
+        # All of them, even beyond the window: a view-change that omitted one could lose a decision.
+        if slot.prepared is not None and stable_seq < seq and slot.prepared.pre_prepare.epoch == r.ms.epoch
     )
     return ViewChange(
         epoch=r.ms.epoch,
@@ -176,7 +175,7 @@ def on_new_view(r: Replica, nv: NewView, sender: str, now: float) -> None:
 def enter(r: Replica, nv: NewView, plan: NewViewPlan, now: float) -> None:
     """Start view ``nv.view``: adopt its checkpoint, install its pre-prepares, prepare them."""
     r.view = nv.view
-    r.active = True
+    r.active = False  # until the checkpoint and the numbering of the new view are in place
     r.new_view = nv
     r.newview_at = None
     r.progress_at = None
@@ -194,6 +193,7 @@ def enter(r: Replica, nv: NewView, plan: NewViewPlan, now: float) -> None:
         )
         catchup.adopt_stable(r, cert, now)
     r.next_seq = max(plan.max_seq, r.low) + 1
+    r.active = True
     for (seq, proposal, certified), pp in zip(plan.proposals, nv.pre_prepares, strict=True):
         if seq <= r.low or r.view != nv.view or not r.active:
             continue

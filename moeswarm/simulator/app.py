@@ -39,6 +39,10 @@ def is_well_formed(value: bytes) -> bool:
     return hashlib.blake2b(body, digest_size=8).digest() == check
 
 
+def created_at(value: bytes) -> float:
+    return float(_HEADER.unpack_from(value)[0])
+
+
 def available_at(value: bytes, replica_index: int) -> float:
     """When ``replica_index`` holds everything ``value`` depends on (deterministic per replica)."""
     created_at, delay = (float(x) for x in _HEADER.unpack_from(value))
