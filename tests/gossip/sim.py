@@ -85,7 +85,14 @@ class Cluster:
             self._schedule_tick(node_id, self.rng.uniform(0, self.config.probe_interval_s))
 
     def crash(self, node_id: str) -> None:
+        """The node stops: messages to it are dropped and its timers stop firing."""
         self.crashed.add(node_id)
+
+    def restore(self, node_id: str) -> None:
+        """The node comes back with its state intact (a paused process, or a partition healing)."""
+        self.crashed.discard(node_id)
+        self._tick_at.pop(node_id, None)
+        self._schedule_tick(node_id, self.now)
 
     def run_until(self, end: float, stop: Callable[[Cluster], bool] | None = None) -> None:
         while self._queue and self._queue[0][0] <= end:

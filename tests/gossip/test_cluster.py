@@ -6,7 +6,17 @@ import pytest
 
 from moeswarm import wire
 from moeswarm.clocks import VectorClock
-from moeswarm.gossip import Dead, Delivered, GossipConfig, Joined, Priority, StateChanged, Status, Suspect
+from moeswarm.gossip import (
+    Alive,
+    Dead,
+    Delivered,
+    GossipConfig,
+    Joined,
+    Priority,
+    StateChanged,
+    Status,
+    Suspect,
+)
 from moeswarm.gossip.messages import (
     UPDATES_PER_MESSAGE_MAX,
     Ack,
@@ -42,6 +52,21 @@ def test_a_crash_is_detected_by_everyone_and_nobody_else_is_accused() -> None:
     assert not [o for o in cluster.events(Suspect) if getattr(o.effect, "node", None) != victim]
     for node_id in live:
         assert cluster.nodes[node_id].members()[victim].status is Status.DEAD
+
+
+def test_a_node_declared_dead_refutes_when_it_comes_back() -> None:
+    cluster = Cluster(8, seed=11)
+    cluster.run_until(5.0)
+    paused = cluster.ids[4]
+    cluster.crash(paused)
+    cluster.run_until(40.0)
+    assert {o.node for o in cluster.events(Dead, paused)} == set(cluster.ids) - {paused}
+    cluster.restore(paused)
+    cluster.run_until(80.0)
+    for node_id, node in cluster.nodes.items():
+        assert node.members()[paused].status is Status.ALIVE, node_id
+    assert cluster.nodes[paused].membership.incarnation >= 1
+    assert {o.node for o in cluster.events(Alive, paused)} == set(cluster.ids) - {paused}
 
 
 @pytest.mark.parametrize("priority", [Priority.TELEMETRY, Priority.CRITICAL])
