@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from moeswarm.model.model import MoETransformer
 from moeswarm.model.optim import MaskedAdamW, TrainableSet, set_trainable
 
 SCHEDULES = ("cosine", "constant")
+HISTORY_POINTS_MAX = 100_000  # loss-curve rows kept in memory; a long swarm run keeps its latest steps
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +144,7 @@ class Trainer:
         self.progress = progress
         self.step = 0  # optimizer steps taken over all `train` calls
         self.seconds = 0.0  # time spent in `train` steps
-        self.history: list[Point] = []
+        self.history: deque[Point] = deque(maxlen=HISTORY_POINTS_MAX)
         self._heldout: list[Tensor] | None = None
 
     def set_trainable(self, experts: Iterable[int] | None, trunk: bool = True) -> None:
