@@ -26,6 +26,7 @@ SAMPLE_ELEMENTS_MAX = 1 << 18
 SAMPLE_ELEMENTS_MIN = 4096
 SAMPLE_HITS = 64
 BAND_SIGMAS = 4.0
+EXACT_ELEMENTS_MAX = 1 << 16  # below this, one kthvalue costs less than the sampled path's extra passes
 INDEX_WIDTHS = (1, 2, 4)
 
 
@@ -45,7 +46,7 @@ def select_top(x: Tensor, k: int) -> Tensor:
     target = min(
         SAMPLE_ELEMENTS_MAX, max(SAMPLE_ELEMENTS_MIN, math.ceil(SAMPLE_HITS * numel / k), numel // 64)
     )
-    if numel <= 2 * target:
+    if numel <= max(EXACT_ELEMENTS_MAX, 2 * target):
         return _exact_top(magnitude, k)
     sample = magnitude[:: (numel // target) | 1]
     hits = k * sample.numel() / numel
