@@ -26,7 +26,7 @@ SAMPLE_ELEMENTS_MAX = 1 << 18
 SAMPLE_ELEMENTS_MIN = 4096
 SAMPLE_HITS = 64
 BAND_SIGMAS = 4.0
-EXACT_ELEMENTS_MAX = 1 << 16  # below this, one kthvalue costs less than the sampled path's extra passes
+EXACT_ELEMENTS_MAX = 1 << 13  # below this, one kthvalue over everything is cheaper than sampling
 INDEX_WIDTHS = (1, 2, 4)
 
 
