@@ -48,7 +48,7 @@ TICK_S = 0.2
 GOSSIP_TYPES = typing.get_args(GossipMessage)
 BOOTSTRAP_POLL_S = 0.5
 CHECKPOINTS_KEPT = 3
-FINISH_LINGER_S = 3.0
+FINISH_LINGER_S = 120.0
 
 
 class NodeDaemon:
@@ -206,11 +206,8 @@ class NodeDaemon:
         rounds, consensus = self.driver, self.consensus
         while not self.stopping.is_set():
             if self.config.rounds and rounds.engine.round >= self.config.rounds:
-                # The job is done: linger briefly so slower peers can still pull our blobs and votes,
-                # then exit without leaving (the swarm as a whole is finishing, not shrinking).
                 log.info("node %s: reached round %d, finishing", self.identity.short_id, rounds.engine.round)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=FINISH_LINGER_S)
+                await self._linger(self.config.rounds)
                 break
             if self.identity.node_id not in consensus.members:
                 await self._wait_or_stop(consensus.membership_changed.wait())
@@ -224,6 +221,21 @@ class NodeDaemon:
             while rounds.engine.round == base and not self.stopping.is_set():
                 await self._wait_or_stop(consensus.applied.wait())
                 consensus.applied.clear()
+
+    async def _linger(self, final_round: int) -> None:
+        """The job is done; keep serving (blobs, votes, catch-up) until every member has gossiped that
+        it reached the final round too, or FINISH_LINGER_S passes, then exit without leaving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINISH_LINGER_S
+        me = self.identity.node_id
+        while not self.stopping.is_set() and loop.time() < deadline:
+            members = self.consensus.members if self.consensus else ()
+            state = self.gossip.state if self.gossip else {}
+            rounds = [_int(state.get(m, {}).get("round")) for m in members if m != me]
+            if all(r >= final_round for r in rounds):
+                await asyncio.sleep(1.0)  # let our last votes and checkpoints reach them
+                return
+            await asyncio.sleep(0.5)
 
     async def _wait_or_stop(self, awaitable: Any) -> None:
         waiters = [asyncio.ensure_future(self.stopping.wait())]
@@ -489,6 +501,13 @@ def _hlc_ok(clock: HybridLogicalClock, envelope: Envelope) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 def _cuda() -> bool:

@@ -46,8 +46,13 @@ class GossipDriver:
                                now=time.monotonic(), seeds=seeds)
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, str]] = {}
+        self._local: dict[str, str] = {}
 
     def set_local(self, key: str, value: str) -> None:
+        """Publish our `key` (a new version only when the value changes)."""
+        if self._local.get(key) == value:
+            return
+        self._local[key] = value
         self.node.set_local(key, value.encode()[:STATE_VALUE_CHARS_MAX], time.monotonic())
 
     async def tick(self) -> None:
