@@ -224,7 +224,12 @@ class ConsensusDriver:
                 self._proposed_round = -1
             elif d.proposal.kind is Kind.RECONFIGURE:
                 await driver._work(engine.set_epoch, d.proposal.epoch)
+                # The epoch is part of the state hash: the next commit extends the new hash, and a
+                # commit this node wished for under the old member set is built again.
+                driver.tracker.base_hash = engine.state_hash
                 driver.set_members(d.proposal.members, d.proposal.epoch)
+                self._proposed_round = -1
+                self.poke()
                 self.daemon.metrics.members.set(len(d.proposal.members))
                 self.daemon.metrics.epoch.set(d.proposal.epoch)
                 self.membership_changed.set()
@@ -236,6 +241,9 @@ class ConsensusDriver:
             if d.seq % self.config.checkpoint_interval == 0:
                 await self.daemon.save_checkpoint(d.seq)
                 await self._compact_log(d.seq)
+            elif d.proposal.kind is Kind.RECONFIGURE:
+                # A joining node's state transfer asks for exactly the state at the new epoch's start.
+                await self.daemon.save_checkpoint(d.seq)
             self._executing = False
             self.applied.set()
 
@@ -302,13 +310,16 @@ class ConsensusDriver:
             return
         driver = self.daemon.driver
         assert driver is not None
+        # Every asked peer offers the same state: install one offer, not one per peer at once.
+        self._pending_state = None
         try:
             await self.daemon.install_offer(sender, offer)
         except Exception as exc:
             log.warning("node %s: state offer from %s unusable: %s", self.daemon.identity.short_id,
                         sender[:12], exc)
+            if self._pending_state is None:
+                self._start_state_fetch(need)
             return
-        self._pending_state = None
         driver.tracker.advance(driver.engine.round, driver.engine.state_hash, offer.epoch,
                                driver.members, [], time.monotonic())
         effects: list[Any] = self.replica.install_state(need.seq, need.state_digest, self._now())

@@ -33,20 +33,27 @@ from moeswarm.node.config import NodeConfig
 from moeswarm.node.consensus_driver import ConsensusDriver
 from moeswarm.node.discovery import build_discovery
 from moeswarm.node.gossip_driver import GossipDriver
+from moeswarm.node.membership import MembershipDriver
 from moeswarm.node.metrics import NodeMetrics
 from moeswarm.node.rounds import RoundDriver
 from moeswarm.node.transport import PeerTransport
 from moeswarm.store import NodeStore
 from moeswarm.store.checkpoints import WEIGHTS, Manifest, tensor_from_bytes
 from moeswarm.swarm.engine import MOMENTUM_PREFIX, EngineConfig, SwarmEngine
-from moeswarm.swarm.messages import DeltaAnnounce, StateOffer, StateRequest
+from moeswarm.swarm.messages import (
+    DeltaAnnounce,
+    JoinRequest,
+    LeaveRequest,
+    StateOffer,
+    StateRequest,
+    SwarmHello,
+)
 from moeswarm.swarm.outer import OuterConfig
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2
 GOSSIP_TYPES = typing.get_args(GossipMessage)
-BOOTSTRAP_POLL_S = 0.5
 CHECKPOINTS_KEPT = 3
 FINISH_LINGER_S = 120.0
 
@@ -69,6 +76,7 @@ class NodeDaemon:
         self.driver: RoundDriver | None = None
         self.consensus: ConsensusDriver | None = None
         self.gossip: GossipDriver | None = None
+        self.membership = MembershipDriver(self)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- sending ----------------------------------------------------------------------------------
@@ -157,9 +165,10 @@ class NodeDaemon:
         log.info("node %s (%s) up: peers on %s:%d, admin on %s:%d", c.name, self.identity.short_id,
                  c.listen_host, c.peer_port, c.admin_host, c.admin_port)
         self._start_discovery()
-        members, seq, start_seq = restored if restored else (await self._bootstrap_members(), 0, 0)
-        self.consensus = ConsensusDriver(self, members, epoch=engine.epoch, executed_seq=seq,
-                                         epoch_start_seq=start_seq)
+        self.spawn(self.membership.run(), "membership")
+        start = await self.membership.starting_point(restored)
+        self.consensus = ConsensusDriver(self, list(start.members), epoch=start.epoch,
+                                         executed_seq=start.executed_seq, epoch_start_seq=start.epoch_start_seq)
         await self.consensus.start()
         self.gossip = GossipDriver(self, c.seed, self.transport.connected_peers())
         self.gossip.set_local("region", c.region)
@@ -188,17 +197,6 @@ class NodeDaemon:
 
         self.spawn(follow(), "discovery")
 
-    async def _bootstrap_members(self) -> list[str]:
-        """A fresh swarm forms from the first `bootstrap_nodes` admitted nodes (sorted by node id)."""
-        assert self.transport is not None
-        want = self.config.bootstrap_nodes
-        while not self.stopping.is_set():
-            peers = self.transport.connected_peers()
-            if len(peers) + 1 >= want:
-                return sorted([self.identity.node_id, *peers])[:want]
-            await asyncio.sleep(BOOTSTRAP_POLL_S)
-        return [self.identity.node_id]
-
     # --- loops ----------------------------------------------------------------------------------
 
     async def _round_loop(self) -> None:
@@ -210,7 +208,10 @@ class NodeDaemon:
                 await self._linger(self.config.rounds)
                 break
             if self.identity.node_id not in consensus.members:
-                await self._wait_or_stop(consensus.membership_changed.wait())
+                # Not (or no longer) a member: wait for the reconfiguration that changes that.
+                consensus.membership_changed.clear()
+                if self.identity.node_id not in consensus.members:
+                    await self._wait_or_stop(consensus.membership_changed.wait())
                 continue
             base = rounds.engine.round
             announce = await rounds.train_and_publish()
@@ -273,6 +274,8 @@ class NodeDaemon:
         elif isinstance(msg, GOSSIP_TYPES):
             if self.gossip is not None:
                 await self.gossip.on_message(sender, msg)
+        elif isinstance(msg, SwarmHello | JoinRequest | LeaveRequest):
+            await self.membership.on_message(sender, msg)
         elif isinstance(msg, StateOffer):
             assert self.consensus is not None
             await self.consensus.on_state_offer(sender, msg)
@@ -367,6 +370,7 @@ class NodeDaemon:
             self.stopping.set()
             return
         self.draining = True
+        self.membership.request_leave()
         log.info("node %s: draining (leaving the swarm, up to %.0fs)", self.identity.short_id,
                  self.config.drain_timeout_s)
         self.spawn(self._drain(), "drain")

@@ -35,6 +35,7 @@ T = TypeVar("T")
 HISTORY_ROUNDS_MAX = 10_000
 PENDING_FETCHES_MAX = 256
 RECOVER_ATTEMPTS_MAX = 30
+PLACEMENT_EPOCHS_KEPT = 4  # deltas trained under a recent epoch's placement are checked against it
 
 
 @dataclass(slots=True)
@@ -120,6 +121,10 @@ class RoundDriver:
         self.bytes_published = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self._fetching: set[bytes] = set()
+        self._owners: dict[int, tuple[str, ...]] = {}
+        self._placements: dict[int, dict[int, tuple[str, ...]]] = {}  # epoch -> expert -> owners
+        self._assignment: tuple[tuple[int, ...], int, int, int] | None = None  # owned, index, count, epoch
+        self._assigned_epoch = engine.epoch
         self.fetch_missing: Callable[[bytes, list[str]], Awaitable[bool]] | None = None
 
     # --- worker thread --------------------------------------------------------------------------
@@ -133,24 +138,40 @@ class RoundDriver:
     # --- membership -------------------------------------------------------------------------------
 
     def set_members(self, members: Sequence[str], epoch: int) -> None:
-        """Recompute placement and the data shard from the member set (deterministic on every node)."""
+        """Recompute placement and the data shard from the member set (deterministic on every node).
+
+        This node's new experts and shard take effect when its next round starts training: the delta
+        of a round in progress is the one its training started with, and carries that epoch.
+        """
         self.members = tuple(sorted(members))
         self.tracker.members = self.members
         self.tracker.epoch = epoch
-        if self.identity.node_id not in self.members:
-            return
         placement = place(
             self.engine.config.model.n_experts,
             [Member(node_id=m, region=self.region_of(m)) for m in self.members],
             min(self.replicas, len(self.members)),
         )
-        owned = placement.experts_of(self.identity.node_id)
-        index = self.members.index(self.identity.node_id)
-        self.engine.set_assignment(owned, index, len(self.members))
+        # Known on non-members too (a joining node), so the deltas it holds are checked against the
+        # experts their authors own.
         self._owners = {e: placement.owners(e) for e in range(self.engine.config.model.n_experts)}
+        self._placements[epoch] = self._owners
+        for old in sorted(self._placements)[:-PLACEMENT_EPOCHS_KEPT]:
+            del self._placements[old]
+        if self.identity.node_id not in self.members:
+            return
+        owned = tuple(placement.experts_of(self.identity.node_id))
+        self._assignment = (owned, self.members.index(self.identity.node_id), len(self.members), epoch)
 
-    def experts_of(self, node_id: str) -> tuple[int, ...]:
-        owners = getattr(self, "_owners", {})
+    def _take_assignment(self) -> None:
+        """In the worker thread, between rounds: adopt the experts and shard the last placement gave us."""
+        if self._assignment is not None:
+            owned, index, count, epoch = self._assignment
+            self._assignment = None
+            self.engine.set_assignment(owned, index, count)
+            self._assigned_epoch = epoch
+
+    def experts_of(self, node_id: str, epoch: int | None = None) -> tuple[int, ...]:
+        owners = self._owners if epoch is None else self._placements.get(epoch, {})
         return tuple(e for e, nodes in owners.items() if node_id in nodes)
 
     # --- training and publishing --------------------------------------------------------------
@@ -158,6 +179,7 @@ class RoundDriver:
     async def train_and_publish(self) -> DeltaAnnounce:
         """H inner steps from the committed weights, then a signed blob stored locally."""
         await self.paused.wait()
+        await self._work(self._take_assignment)
         base_round, base_hash = self.engine.round, self.engine.state_hash
         self.phase = "train"
         stats = await self._work(self.engine.train, self.inner_steps)
@@ -167,7 +189,7 @@ class RoundDriver:
         stamp = self.hlc.send(int(time.time() * 1000))
         self.version = self.version.increment(self.identity.node_id)
         unsigned = DeltaBlob(
-            node=self.identity.node_id, round=base_round, base_hash=base_hash, epoch=self.engine.epoch,
+            node=self.identity.node_id, round=base_round, base_hash=base_hash, epoch=self._assigned_epoch,
             hlc_ms=stamp.physical_ms, hlc_logical=stamp.logical, version=dict(self.version),
             names=tuple(names), payload=payload,
         )
@@ -223,6 +245,10 @@ class RoundDriver:
             if not verify(blob.node, blob_signing_bytes(blob), blob.sig):
                 log.warning("blob %s rejected: bad signature from %s", blob_id.hex()[:12], blob.node[:12])
                 return False
+            if blob.epoch > self.tracker.epoch:
+                # Trained under a reconfiguration we have not applied yet: judged once we have (the
+                # commit that lists it is PENDING until then, and fetches it again).
+                return False
             delta, reason = await self._work(self._check, blob)
             await self._work(self.store.chunks.put, data)
             self._hold(blob, blob_id, delta, reason)
@@ -233,8 +259,10 @@ class RoundDriver:
     def _check(self, blob: DeltaBlob) -> tuple[dict[str, Any] | None, str]:
         if blob.node not in self.members:
             return None, "author is not a member"
+        if blob.epoch not in self._placements:
+            return None, f"trained under epoch {blob.epoch}, whose placement this node no longer knows"
         try:
-            allowed = self.engine.allowed_names(self.experts_of(blob.node))
+            allowed = self.engine.allowed_names(self.experts_of(blob.node, blob.epoch))
             return self.engine.decode(blob.payload, blob.names, allowed), ""
         except DeltaRejected as exc:
             log.warning("delta from %s for round %d rejected: %s", blob.node[:12], blob.round, exc)

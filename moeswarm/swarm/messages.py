@@ -98,3 +98,47 @@ class StateOffer:
     epoch: Annotated[int, Limit(min=0, max=2**40)]
     state_hash: Hash
     manifest: Annotated[bytes, Limit(max_len=4 * 1024 * 1024 - 1024)]
+
+
+MEMBERS_MAX = 1024
+Seq = Annotated[int, Limit(min=0, max=2**53)]
+Epoch = Annotated[int, Limit(min=0, max=2**40)]
+
+
+@message("swarm.hello", max_bytes=MEMBERS_MAX * 80 + 1024)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwarmHello:
+    """What a node knows of the swarm, sent to each newly connected peer and again now and then.
+
+    A node started into an existing swarm learns from these that it must join instead of forming a
+    genesis of its own. `members` is empty while the sender is not a member of a running swarm.
+    """
+
+    epoch: Epoch
+    epoch_start_seq: Seq  # the PBFT sequence number after which `members` are the replicas
+    members: Annotated[tuple[NodeId, ...], Limit(max_len=MEMBERS_MAX)]
+    round: Round  # the sender's latest committed round
+    state_hash: Hash  # H_round
+    executed_seq: Seq
+    checkpoint_round: Round  # the round of the sender's newest stored checkpoint (0: none)
+
+    def __post_init__(self) -> None:
+        if list(self.members) != sorted(set(self.members)):
+            raise ValueError("members must be sorted and distinct")
+
+
+@message("swarm.join_request", max_bytes=256)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinRequest:
+    """'Add me to the replica set': a member that admitted the sender proposes the reconfiguration."""
+
+    node: NodeId  # must be the envelope's sender
+
+
+@message("swarm.leave_request", max_bytes=256)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveRequest:
+    """'Remove me from the replica set' (a draining member), so that whichever member is primary
+    proposes the reconfiguration, not only the leaver itself."""
+
+    node: NodeId  # must be the envelope's sender

@@ -116,6 +116,9 @@ class RoundTracker:
             return Verdict.VALID, "duplicate of the last commit: a no-op", []
         if commit.round < self.round:
             return Verdict.INVALID, f"commit for round {commit.round} is stale (we are at {self.round})", []
+        if commit.epoch > self.epoch:
+            # The primary applied a reconfiguration that we have decided but not applied yet.
+            return Verdict.PENDING, f"commit for epoch {commit.epoch}, we are still in {self.epoch}", []
         if commit.base_hash != self.base_hash:
             return Verdict.INVALID, "commit extends a state hash that is not ours", []
         if commit.epoch != self.epoch:
