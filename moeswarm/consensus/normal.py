@@ -179,6 +179,11 @@ def _accept_vote(r: Replica, vote: Prepare | Commit, sender: str) -> Slot | None
         return None
     if vote.view > r.view:
         _claim(r, sender, vote.epoch, vote.view, 0)
+    elif vote.view < r.view and isinstance(vote, Commit):
+        # A replica that moved to a view change alone (say its timer fired while it was slow) drops
+        # the old view's votes; the sequence numbers the others keep committing there still tell it
+        # that it is behind, so it fetches those decisions with their certificates.
+        _claim(r, sender, vote.epoch, vote.view, vote.seq)
     if vote.replica not in r.ms or not r.view <= vote.view <= r.view + 1 or not r.in_window(vote.seq):
         return None
     if not r.verify(vote.replica, vote.signing_bytes(), vote.sig):

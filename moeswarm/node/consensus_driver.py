@@ -246,6 +246,9 @@ class ConsensusDriver:
                 await self.daemon.save_checkpoint(d.seq)
             self._executing = False
             self.applied.set()
+            # A proposal for the round we just reached may have been pending only because we were
+            # behind: validate it again now rather than wait for the view timer.
+            self.poke()
 
     async def _compact_log(self, seq: int) -> None:
         """Rewrite the consensus log as the replica's minimal record set and drop older segments."""
