@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moeswarm.swarm import POISON_MODES
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MOESWARM_"
@@ -30,7 +32,6 @@ CLUSTER_KEY_CHARS_MIN = 16
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 OUTER_OPTIMIZERS = ("average", "nesterov")
-POISON_MODES = ("scale", "flip", "nan")
 
 
 class ConfigError(ValueError):

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from moeswarm.cli import CliError
+from moeswarm.swarm import POISON_MODES
 
 log = logging.getLogger(__name__)
 
-POISON_MODES = ("scale", "flip", "nan")
+
 POLL_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 45.0  # the nodes' default drain timeout (30 s) plus time to exit
 STATUS_TIMEOUT_S = 2.0

@@ -22,13 +22,13 @@ from moeswarm.model.data import Corpus
 from moeswarm.model.model import MoETransformer
 from moeswarm.model.state import expert_id_of_name, flat_state, is_trunk, load_flat_state, state_hash
 from moeswarm.model.trainer import TrainConfig, Trainer, TrainStats
+from moeswarm.swarm import POISON_MODES
 from moeswarm.swarm.aggregate import AggregationConfig
 from moeswarm.swarm.apply import Contribution, ScreenConfig, ScreenResult, aggregate, screen
 from moeswarm.swarm.outer import OuterConfig, outer_step
 
 MOMENTUM_PREFIX = "outer_momentum."
 GENESIS_SEED = 1234  # every node builds the same round-0 weights from this seed
-POISON_MODES = ("scale", "flip", "nan")
 
 
 class DeltaRejected(ValueError):
