@@ -147,12 +147,22 @@ class ConsensusDriver:
             return
         if self._proposed_round == driver.engine.round or self._executing or not self._queue.empty():
             return
+        if self._reconfiguring():
+            return  # a commit built now would be decided after the new epoch began, for the old one
         value = driver.proposal(now)
         if value is None:
             return
         self._proposed_round = driver.engine.round
         self._proposed_at.setdefault(driver.engine.round + 1, time.monotonic())
         await self._perform(self.replica.propose(value, now))
+
+    def _reconfiguring(self) -> bool:
+        """This node wishes for, or has seen pre-prepared, a reconfiguration not yet delivered."""
+        r = self.replica
+        if r.wanted_reconfig is not None:
+            return True
+        return any(seq > r.last_delivered and slot.pre_prepare is not None
+                   and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE for seq, slot in r.slots.items())
 
     def _validate(self, seq: int, value: bytes) -> Validation:
         driver = self.daemon.driver

@@ -151,7 +151,12 @@ class MembershipDriver:
 
     async def run(self) -> None:
         while not self.daemon.stopping.is_set():
-            await self.tick(self._now())
+            try:
+                await self.tick(self._now())
+            except Exception:
+                # One bad tick (a peer gone mid-send, a checkpoint dir being rewritten) must not end
+                # membership handling for the life of the node.
+                log.exception("node %s: membership tick failed", self.daemon.identity.short_id)
             await asyncio.sleep(TICK_S)
 
     async def tick(self, now: float) -> None:
@@ -262,8 +267,20 @@ class MembershipDriver:
         self._leavers = {n: t for n, t in self._leavers.items() if n in members}
         if self.leaving:
             await self._ask_to_leave(now, members)
-            return
-        target = change_target(members, self.joiner, [*self._leavers, *self._dead(members)])
+        else:
+            await self._propose_change(now, members)
+
+    async def _propose_change(self, now: float, members: tuple[str, ...]) -> None:
+        daemon = self.daemon
+        consensus, driver, transport = daemon.consensus, daemon.driver, daemon.transport
+        assert consensus is not None and driver is not None and transport is not None
+        leavers = [*self._leavers, *self._dead(members)]
+        joiner = self.joiner
+        if joiner is not None and not set(members) - set(leavers) - {self.me} <= set(transport.connected_peers()):
+            # Until the joiner has the state it cannot sign checkpoints, and the new epoch's first
+            # one needs a quorum of the larger set: add it only while every staying member is reachable.
+            joiner = None
+        target = change_target(members, joiner, leavers)
         if target == members:
             self._change_since = None
             return
