@@ -67,7 +67,7 @@ def run_swarm(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "--base-port", str(args.base_port), "--json",
     ]
     for extra in args.node_arg:
-        cmd += ["--node-arg", extra]
+        cmd.append(f"--node-arg={extra}")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
