@@ -30,9 +30,14 @@ Effects, performed **in list order**:
   seq of an epoch, the replica signs it in a checkpoint; a quorum of matching ones makes it stable
   and truncates the log.
 - ``FetchState(seq, epoch, state_digest, peers)``: this replica is behind a stable checkpoint whose
-  decisions are no longer in anyone's log. Fetch the application state with that digest (any of
-  ``peers`` signed it) and call ``install_state(seq, state_digest, now)``. Decisions after it are
-  then fetched with their commit certificates and delivered.
+  decisions are no longer in anyone's log -- or it has no state at all (it just joined) and a stable
+  checkpoint may need its own signature, in which case a digest that f + 1 replicas signed (so one
+  honest replica at least) is enough. Fetch the application state with that digest from any of
+  ``peers`` and call ``install_state(seq, state_digest, now)``; a later ``FetchState`` replaces an
+  earlier one. Decisions after it are then fetched with their commit certificates and delivered.
+- A replica that falls behind (a quorum of commits, or f + 1 peers, show it later decisions, views or
+  epochs) asks peers with ``Fetch`` and verifies every part of the ``CatchUp`` answer itself: the
+  chain of reconfigurations since its epoch, a stable checkpoint, commit certificates, a new-view.
 - ``ViewChanged(epoch, view, primary, active)``: informational.
 
 ``propose(value, now)`` means "decide this next": on the primary of an active view it pre-prepares

@@ -58,3 +58,22 @@ def test_replica_behind_a_reconfiguration_catches_up_across_epochs() -> None:
     cluster.run_until(lambda: all(r.last_delivered == top for r in cluster.replicas.values()))
     cluster.assert_agreement()
     assert cluster.replicas[lagging].epoch == 1
+
+
+def test_joiner_catches_up_while_a_member_is_down() -> None:
+    """n = 5 needs 4 checkpoint signatures: with one member down the joiner's own signature is
+    needed, so it must first take a state that f + 1 replicas vouch for."""
+    cluster = Cluster(4, spare=1)
+    cluster.commit_values(2)
+    down = cluster.initial[3]
+    cluster.crash(down)
+    joiner = next(i.node_id for i in cluster.identities if i.node_id not in cluster.initial)
+    five = tuple(sorted((*cluster.initial, joiner)))
+    start = _reconfigure(cluster, five, 1)
+    cluster.boot(joiner, five, epoch=1, start_seq=start)
+    cluster.commit_values(12, prefix=b"five")
+    top = max(r.last_delivered for r in cluster.replicas.values())
+    cluster.run_until(lambda: cluster.replicas[joiner].last_delivered == top)
+    cluster.assert_agreement()
+    assert cluster.replicas[joiner].stable is not None
+    assert cluster.replicas[joiner].stable.seq > start
