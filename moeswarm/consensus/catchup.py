@@ -153,21 +153,23 @@ def begin_transfer(r: Replica, cert: CheckpointCertificate, ms: Membership) -> N
         state_digest=cert.state_digest,
         peers=tuple(c.replica for c in cert.checkpoints),
     )
-    r.transfer_ms = ms
-    r.transfer_cert = cert
+    r.transfers.append((r.transfer, ms, cert))
     r.emit(r.transfer)
 
 
 def install_state(r: Replica, seq: int, state_digest: bytes, now: float) -> None:
-    t = r.transfer
-    if t is None or (seq, state_digest) != (t.seq, t.state_digest):
+    found = [t for t in r.transfers if (t[0].seq, t[0].state_digest) == (seq, state_digest)]
+    if r.transfer is None or not found or seq <= r.last_delivered:
         return
-    r.emit(Persist(StateInstalled(epoch=t.epoch, seq=seq, state_digest=state_digest)))
-    ms, cert = r.transfer_ms, r.transfer_cert
-    r.transfer = r.transfer_ms = r.transfer_cert = None
-    r.last_delivered = max(r.last_delivered, seq)
+    target, ms, cert = found[-1]
+    if ms.epoch < r.ms.epoch:
+        return
+    r.emit(Persist(StateInstalled(epoch=target.epoch, seq=seq, state_digest=state_digest)))
+    r.transfer = None
+    r.transfers.clear()
+    r.last_delivered = seq
     r.last_executed = max(r.last_executed, seq)
-    if ms is not None and cert is not None and ms.epoch != r.ms.epoch:
+    if ms.epoch != r.ms.epoch:
         normal.enter_epoch(r, ms, now)
         if len(cert.checkpoints) >= r.q:  # a vouched-for (f+1) state moves no watermark
             r.stable, r.low = cert, seq
@@ -175,6 +177,8 @@ def install_state(r: Replica, seq: int, state_digest: bytes, now: float) -> None
         r.next_seq = seq + 1
     r.fetched = {s: e for s, e in r.fetched.items() if s > seq}
     executed(r, seq, state_digest, now)  # vouch for the installed state: it may complete a quorum
+    if r.stable is not None and r.stable.epoch == r.ms.epoch and r.last_delivered < r.stable.seq:
+        begin_transfer(r, r.stable, r.ms)  # an older target was installed: the rest is gone too
     normal.deliver_ready(r, now)
 
 
@@ -290,7 +294,7 @@ def _membership_for(r: Replica, epoch: int) -> Membership | None:
 
 
 def on_catch_up(r: Replica, cu: CatchUp, sender: str, now: float) -> None:
-    _learn_chain(r, cu.reconfigurations)
+    _learn_chain(r, cu.reconfigurations, now)
     if cu.checkpoint is not None:
         _learn_checkpoint(r, cu.checkpoint, now)
     _learn_entries(r, cu.entries, now)
@@ -298,7 +302,7 @@ def on_catch_up(r: Replica, cu: CatchUp, sender: str, now: float) -> None:
         viewchange.on_new_view(r, cu.new_view, sender, now)
 
 
-def _learn_chain(r: Replica, entries: tuple[CommittedEntry, ...]) -> None:
+def _learn_chain(r: Replica, entries: tuple[CommittedEntry, ...], now: float) -> None:
     for e in sorted(entries, key=lambda x: x.seq):
         ms = _membership_for(r, e.epoch)
         p = e.proposal
@@ -309,9 +313,14 @@ def _learn_chain(r: Replica, entries: tuple[CommittedEntry, ...]) -> None:
         ):
             continue
         r.future[p.epoch] = Membership(p.epoch, p.members, e.seq)
+        r.future_entries[p.epoch] = e
         r.emit(Persist(e))
         if e.epoch == r.ms.epoch and e.seq > r.last_delivered:
             r.fetched[e.seq] = e
+        elif e.epoch == r.ms.epoch and r.transfer is None:
+            # The application's state already includes this reconfiguration (it was installed by
+            # a state transfer): only the replica has to follow it.
+            normal.switch_epoch(r, e, now)
 
 
 def _learn_checkpoint(r: Replica, cert: CheckpointCertificate, now: float) -> None:

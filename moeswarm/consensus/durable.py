@@ -89,6 +89,12 @@ def _restore_record(r: Replica, rec: object) -> None:
     if isinstance(rec, CommittedEntry):
         if rec.epoch == r.ms.epoch and rec.seq > max(r.low, r.ms.start_seq):
             r.slot(rec.seq).committed = rec
+        elif (
+            rec.epoch < r.ms.epoch
+            and rec.seq <= r.ms.start_seq
+            and (r.stable is None or rec.seq > r.stable.seq)
+        ):
+            r.slot(rec.seq).committed = rec  # the previous epoch's last decisions, kept for laggards
         return
     if isinstance(rec, PreparedProof):
         pp = rec.pre_prepare
@@ -130,6 +136,7 @@ def resume(r: Replica, now: float) -> None:
     normal.deliver_ready(r, now)
     if not r.active:
         r.resend_at = now
+        r.stuck_at = now + r.timeout()
 
 
 def records(r: Replica) -> list[object]:
@@ -142,7 +149,7 @@ def records(r: Replica) -> list[object]:
         out.append(r.new_view)
     for seq in sorted(r.slots):
         slot = r.slots[seq]
-        if slot.committed is not None and seq > r.low:
+        if slot.committed is not None:  # the log holds only what a stable checkpoint did not cover
             out.append(slot.committed)
         if slot.prepared is not None and seq > r.low:
             out.append(slot.prepared)

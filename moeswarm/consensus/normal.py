@@ -82,20 +82,16 @@ def try_propose(r: Replica, now: float) -> None:
         advance(r, slot, now)
 
 
-def _claim(r: Replica, sender: str, epoch: int, view: int, seq: int) -> None:
-    catchup.note_claim(r, sender, epoch, view, seq)
-
-
 def _same_epoch_and_view(r: Replica, msg: PrePrepare, sender: str) -> bool:
     if msg.epoch != r.ms.epoch:
         if msg.epoch > r.ms.epoch:
             r.defer(msg, sender)
-            _claim(r, sender, msg.epoch, 0, 0)
+            catchup.note_claim(r, sender, msg.epoch, 0, 0)
         return False
     if msg.view > r.view or (msg.view == r.view and not r.active):
         r.defer(msg, sender)
         if msg.view > r.view:
-            _claim(r, sender, msg.epoch, msg.view, 0)
+            catchup.note_claim(r, sender, msg.epoch, msg.view, 0)
         return False
     return msg.view == r.view
 
@@ -175,15 +171,15 @@ def _accept_vote(r: Replica, vote: Prepare | Commit, sender: str) -> Slot | None
     if vote.epoch != r.ms.epoch:
         if vote.epoch > r.ms.epoch:
             r.defer(vote, sender)
-            _claim(r, sender, vote.epoch, 0, 0)
+            catchup.note_claim(r, sender, vote.epoch, 0, 0)
         return None
     if vote.view > r.view:
-        _claim(r, sender, vote.epoch, vote.view, 0)
+        catchup.note_claim(r, sender, vote.epoch, vote.view, 0)
     elif vote.view < r.view and isinstance(vote, Commit):
         # A replica that moved to a view change alone (say its timer fired while it was slow) drops
         # the old view's votes; the sequence numbers the others keep committing there still tell it
         # that it is behind, so it fetches those decisions with their certificates.
-        _claim(r, sender, vote.epoch, vote.view, vote.seq)
+        catchup.note_claim(r, sender, vote.epoch, vote.view, vote.seq)
     if vote.replica not in r.ms or not r.view <= vote.view <= r.view + 1 or not r.in_window(vote.seq):
         return None
     if not r.verify(vote.replica, vote.signing_bytes(), vote.sig):
@@ -266,6 +262,14 @@ def switch_epoch(r: Replica, entry: CommittedEntry, now: float) -> None:
 
 
 def enter_epoch(r: Replica, ms: Membership, now: float) -> None:
+    # Keep the chain of reconfigurations that led here (also when a state transfer skipped their
+    # delivery): durable records and catch-up answers are built from it.
+    chained = {e.seq for e in r.chain}
+    for epoch in sorted(e for e in r.future_entries if e <= ms.epoch):
+        entry = r.future_entries.pop(epoch)
+        if entry.seq not in chained:
+            r.chain.append(entry)
+    r.chain = r.chain[-EPOCH_CHAIN_KEPT:]
     r.ms = ms
     r.q = r.quorum_of(ms)
     # Decided slots of the old epoch stay until the new epoch's first stable checkpoint, to serve
@@ -281,7 +285,7 @@ def enter_epoch(r: Replica, ms: Membership, now: float) -> None:
     r.fetched = {s: e for s, e in r.fetched.items() if e.epoch >= ms.epoch}
     r.future = {e: m for e, m in r.future.items() if e > ms.epoch}
     r.removed = r.me not in ms
-    r.newview_at = r.progress_at = None
+    r.newview_at = r.progress_at = r.stuck_at = None
     r.emit(ViewChanged(epoch=ms.epoch, view=0, primary=ms.primary(0), active=True))
     r.replay_early = True
 

@@ -36,7 +36,8 @@ from moeswarm.identity import Identity, VerifiedSignatureCache
 
 ValidateValue = Callable[[int, bytes], Validation]
 ValidateMembers = Callable[[int, tuple[str, ...]], Validation]
-EARLY_MESSAGES_MAX = 512  # messages for a view or epoch the replica has not entered yet
+EARLY_MESSAGES_MAX = 512
+TRANSFER_TARGETS_KEPT = 4  # messages for a view or epoch the replica has not entered yet
 
 
 class Replica:
@@ -78,11 +79,13 @@ class Replica:
         self.new_view: NewView | None = None  # the new-view that started the current view
         self.chain: list[CommittedEntry] = []  # decided reconfigurations, oldest first
         self.future: dict[int, Membership] = {}  # later epochs learned from a verified chain
+        self.future_entries: dict[int, CommittedEntry] = {}  # the decisions that started them
         self.wanted: Proposal | None = None  # a value this replica wants decided
         self.wanted_reconfig: Proposal | None = None
         self.attempts = 0  # consecutive view changes without a delivery
         self.progress_at: float | None = None
         self.newview_at: float | None = None
+        self.stuck_at: float | None = None  # a view change without a quorum looks around again
         self.resend_at: float | None = None
         self.claims: dict[str, tuple[int, int, int]] = {}  # peer -> (epoch, view, checkpoint seq) shown
         self.known_decided = 0  # highest seq a quorum of commits shows decided, seen by this replica
@@ -91,9 +94,12 @@ class Replica:
         self.fetch_round = 0
         self.served: dict[str, float] = {}
         self.helped: dict[str, int] = {}  # peer -> view of the new-view last sent to it
-        self.transfer: FetchState | None = None
-        self.transfer_ms: Membership | None = None
-        self.transfer_cert: CheckpointCertificate | None = None
+        self.transfer: FetchState | None = None  # the state the application is asked to fetch
+        # Recent targets, the current one last: the application may finish an older one after a
+        # newer stable checkpoint superseded it, and that still moves this replica forward.
+        self.transfers: deque[tuple[FetchState, Membership, CheckpointCertificate]] = deque(
+            maxlen=TRANSFER_TARGETS_KEPT
+        )
         self.fetched: dict[int, CommittedEntry] = {}
         self.future_ckpts: dict[str, Checkpoint] = {}  # latest checkpoint per member of a later epoch
         self.early: deque[tuple[object, str]] = deque(maxlen=EARLY_MESSAGES_MAX)
@@ -137,13 +143,16 @@ class Replica:
             viewchange.start(self, self.view + 1, now)
         if self.newview_at is not None and now >= self.newview_at and not self.active:
             viewchange.start(self, self.view + 1, now)
+        if self.stuck_at is not None and now >= self.stuck_at and not self.active:
+            viewchange.unstick(self, now)
         if self.resend_at is not None and now >= self.resend_at:
             normal.resend(self, now)
         catchup.maybe_fetch(self, now)
         return self._flush(now)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.progress_at, self.newview_at, self.resend_at) if t is not None]
+        timers = (self.progress_at, self.newview_at, self.stuck_at, self.resend_at)
+        times = [t for t in timers if t is not None]
         if self.behind_since is not None:
             times.append(max(self.behind_since + self.config.fetch_delay, self.fetch_at or 0.0))
         return min(times, default=None)
@@ -223,14 +232,16 @@ class Replica:
         self.early.append((msg, sender))
 
     def _dispatch(self, msg: object, sender: str, now: float) -> None:
-        if self.removed and not isinstance(msg, Fetch | CatchUp):
-            return
         handler = _HANDLERS.get(type(msg))
         if handler is None:
             return
         epoch = getattr(msg, "epoch", None)
         if isinstance(epoch, int) and epoch < self.ms.epoch and not isinstance(msg, Fetch):
+            # Also from a replica that was removed: it may be the only one that can tell the old
+            # epoch how it ended.
             catchup.help_old_epoch(self, sender, epoch, now)
+            return
+        if self.removed and not isinstance(msg, Fetch | CatchUp):
             return
         handler(self, msg, sender, now)
 

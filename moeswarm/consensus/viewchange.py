@@ -43,6 +43,7 @@ def start(r: Replica, new_view: int, now: float) -> None:
     r.attempts += 1
     r.progress_at = None
     r.newview_at = None
+    r.stuck_at = now + r.timeout()
     r.resend_at = now + r.config.view_timeout / 2
     for slot in r.slots.values():
         slot.forget_views_below(new_view)
@@ -95,6 +96,20 @@ def on_view_change(r: Replica, vc: ViewChange, sender: str, now: float) -> None:
     r.vcs.setdefault(vc.new_view, {})[vc.replica] = vc
     _join_if_f_plus_one_moved(r, now)
     _check_quorum(r, now)
+
+
+def unstick(r: Replica, now: float) -> None:
+    """A view change that gathered no quorum for a whole timeout: if some member has asked for a
+    later view, join the latest one. Without this, replicas that crashed or were cut off during a
+    view change can sit in different views for good (fewer than f+1 ahead, fewer than a quorum
+    behind); with it, every stuck replica converges on the highest view asked for. Nobody moves
+    while nobody is ahead, so a lone replica does not race through views."""
+    r.stuck_at = now + r.timeout()
+    if r.newview_at is not None:
+        return  # a quorum is here: PBFT's new-view timer decides
+    later = [view for view, vcs in r.vcs.items() if view > r.view and vcs]
+    if later:
+        start(r, max(later), now)
 
 
 def _help(r: Replica, peer: str) -> None:
@@ -177,7 +192,7 @@ def enter(r: Replica, nv: NewView, plan: NewViewPlan, now: float) -> None:
     r.view = nv.view
     r.active = False  # until the checkpoint and the numbering of the new view are in place
     r.new_view = nv
-    r.newview_at = None
+    r.newview_at = r.stuck_at = None
     r.progress_at = None
     r.vcs = {v: vcs for v, vcs in r.vcs.items() if v > nv.view}
     for slot in r.slots.values():

@@ -187,9 +187,10 @@ def reconfigured(world: World, node: SimNode, d: Deliver) -> None:
 def _fetch(world: World, node: SimNode, attempt: int) -> None:
     fs = node.fetch
     replica = node.replica
-    if fs is None or replica is None or not node.up or replica.transfer != fs or attempt >= len(fs.peers) * 8:
-        return
+    if fs is None or replica is None or not node.up or replica.transfer != fs:
+        return  # superseded; otherwise the application keeps asking, one peer after another
     peer_id = fs.peers[attempt % len(fs.peers)]
+    world.log(f"{node.name} asks {world.name_of(peer_id)} for the state at seq {fs.seq}")
     for peer in world.by_id.get(peer_id, ()):
         reachable = peer.up and peer.byz is None and world.network.connected(node.index, peer.index)
         if reachable and peer.app.state_at(fs.seq) == fs.state_digest:
@@ -201,8 +202,13 @@ def _fetch(world: World, node: SimNode, attempt: int) -> None:
 
 def _install(world: World, node: SimNode, fs: FetchState) -> None:
     replica = node.replica
-    if replica is None or not node.up or replica.transfer != fs:
-        return
+    if (
+        replica is None
+        or not node.up
+        or fs not in [t[0] for t in replica.transfers]
+        or fs.seq <= node.app.seq
+    ):
+        return  # the replica no longer wants this state (an older target is still welcome)
     world.log(f"{node.name} installs the state at seq {fs.seq}")
     node.app.install(fs.seq, fs.state_digest)
     world.handle(node, replica.install_state(fs.seq, fs.state_digest, world.now))

@@ -38,7 +38,6 @@ from moeswarm.simulator.invariants import Agreement, NoDoubleDecide, Progress, V
 from moeswarm.simulator.network import Network
 
 EVENTS_MAX = 3_000_000
-FETCH_RETRIES_MAX = 40
 BYZANTINE_TICK_S = 0.4
 SETTLE_S = 1.0  # keep running this long after progress is shown, to catch late violations
 
@@ -202,7 +201,7 @@ class World:
                 self.deliver(node, effect)
             elif isinstance(effect, FetchState):
                 node.fetch = effect
-                self.at(self.now, schedule.FETCH, node.index, 0)
+                self.at(self.now, schedule.FETCH, node.index, self.rng.randrange(len(effect.peers)))
             elif isinstance(effect, ViewChanged):
                 if effect.active and effect.view > 0 and node.honest:
                     self.views.add((effect.epoch, effect.view))
