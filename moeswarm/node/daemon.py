@@ -173,6 +173,9 @@ class NodeDaemon:
         self.gossip = GossipDriver(self, c.seed, self.transport.connected_peers())
         self.gossip.set_local("region", c.region)
         self.driver.set_members(self.consensus.members, self.consensus.epoch)
+        # The first round's deadline runs from now, not from the clock's origin: otherwise every node
+        # counts it as long past and the primary commits round 1 with whatever single delta it holds.
+        self.driver.tracker.round_started = time.monotonic()
         self.spawn(self._tick_loop(), "tick")
         try:
             await self._round_loop()
