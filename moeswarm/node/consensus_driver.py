@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 _VERDICTS = {Verdict.VALID: Validation.VALID, Verdict.INVALID: Validation.INVALID,
              Verdict.PENDING: Validation.PENDING}
 STATE_FETCH_RETRY_S = 2.0
+# A backup's view timer starts when its own view of the round is complete; a correct primary still has
+# to pull and check the last deltas in its one worker thread, which on a loaded machine takes seconds.
+# Below this floor a lone backup suspects a healthy primary, leaves the view and has to catch up.
+VIEW_TIMEOUT_MIN_S = 5.0
 
 
 class ConsensusDriver:
@@ -52,7 +56,7 @@ class ConsensusDriver:
         self.config = Config(
             checkpoint_interval=c.checkpoint_interval_rounds,
             window=4 * c.checkpoint_interval_rounds,
-            view_timeout=max(2.0, c.round_deadline_s / 4),
+            view_timeout=max(VIEW_TIMEOUT_MIN_S, c.round_deadline_s / 4),
             view_timeout_max=max(60.0, c.round_deadline_s * 2),
         )
         records = [wire.decode(r) for r in daemon.store.log.replay()]
