@@ -420,8 +420,10 @@ class NodeDaemon:
             "node_id": self.identity.node_id,
             "short_id": self.identity.short_id,
             "region": self.config.region,
-            "round": engine.round if engine else 0,
-            "state_hash": engine.state_hash.hex() if engine else None,
+            # from the tracker, which moves on the event loop once a commit is fully applied: the
+            # engine's own fields change one by one in the worker thread while it applies
+            "round": r.tracker.round if r else 0,
+            "state_hash": r.tracker.base_hash.hex() if r else None,
             "heldout_bpb": r.heldout_bpb if r else None,
             "phase": ("draining" if self.draining else "paused" if r and not r.paused.is_set()
                       else r.phase if r else "starting"),
