@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 HTTP_TIMEOUT_S = 5.0
 POLL_S = 0.5
-LOG_TAIL_LINES = 25
+LOG_TAIL_LINES = 40
 PORT_TRIES_MAX = 50
 PORT_LO, PORT_HI = 20_000, 60_000
 
@@ -182,6 +182,8 @@ class LocalSwarm:
         parts = []
         for i, n in enumerate(self.nodes):
             state = "running" if n.alive() else f"exited {n.proc.returncode if n.proc else '-'}"
-            tail = "\n".join(self.log_text(i).splitlines()[-LOG_TAIL_LINES:])
+            # redials of a dead peer repeat every few seconds and would crowd out everything else
+            lines = [line for line in self.log_text(i).splitlines() if " failed (" not in line or "dialing" not in line]
+            tail = "\n".join(lines[-LOG_TAIL_LINES:])
             parts.append(f"--- {n.name} ({state}, restarts {n.restarts}) {n.data_dir / 'node.log'}\n{tail}")
         return "\n".join(parts)
