@@ -113,6 +113,7 @@ def main() -> int:
     p.add_argument("--base-port", type=int, default=7300)
     p.add_argument("--workdir", default=".moeswarm-bench")
     p.add_argument("--node-arg", action="append", default=[], help="extra flag for every node, e.g. --outer-lr=0.7")
+    p.add_argument("--swarm-only", action="store_true", help="skip the two baselines (they are deterministic)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -125,8 +126,11 @@ def main() -> int:
     swarm_bpb = evaluate(model, corpus, args.batch_size)
     latencies = [float(x) for x in swarm.get("commit_latencies_ms", [])]
 
-    syncdp_bpb, syncdp_s = run_baseline(corpus, args.batch_size * args.nodes, steps, args.lr, args.batch_size)
-    single_bpb, single_s = run_baseline(corpus, args.batch_size, steps, args.lr, args.batch_size)
+    if args.swarm_only:
+        syncdp_bpb = single_bpb = syncdp_s = single_s = float("nan")
+    else:
+        syncdp_bpb, syncdp_s = run_baseline(corpus, args.batch_size * args.nodes, steps, args.lr, args.batch_size)
+        single_bpb, single_s = run_baseline(corpus, args.batch_size, steps, args.lr, args.batch_size)
 
     n_params = sum(p.numel() for p in model.parameters())
     sync_dp_bytes = n_params * 4 * steps * args.nodes

@@ -76,6 +76,7 @@ class NodeConfig:
     replicas: int
     staleness_rounds_max: int
     poison: str | None
+    aggregation: str
 
     @property
     def on_fly(self) -> bool:
@@ -222,6 +223,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("inner_lr", _to_float, "inner AdamW learning rate (default 3e-3)", metavar="LR"),
     _Field("replicas", _to_int, "owners per expert R (default 2)", metavar="R"),
     _Field("staleness_rounds_max", _to_int, "rounds a late delta may still enter a commit (default 2)", metavar="S"),
+    _Field("aggregation", _choice("robust", "mean"),
+           "robust (trimmed mean per expert, centered clipping on the trunk; the default) or mean"),
     _Field("poison", _choice(*POISON_MODES), "test only: make this node Byzantine (scale, flip or nan deltas)"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
@@ -250,6 +253,7 @@ _DEFAULTS: dict[str, Any] = {
     "inner_lr": 3e-3,
     "replicas": 2,
     "staleness_rounds_max": 2,
+    "aggregation": "robust",
 }
 
 

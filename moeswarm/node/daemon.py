@@ -39,6 +39,7 @@ from moeswarm.node.rounds import RoundDriver
 from moeswarm.node.transport import PeerTransport
 from moeswarm.store import NodeStore
 from moeswarm.store.checkpoints import WEIGHTS, Manifest, tensor_from_bytes
+from moeswarm.swarm.aggregate import AggregationConfig, Rule
 from moeswarm.swarm.engine import MOMENTUM_PREFIX, EngineConfig, SwarmEngine
 from moeswarm.swarm.messages import (
     DeltaAnnounce,
@@ -123,7 +124,8 @@ class NodeDaemon:
         corpus = load_corpus([str(c.data_path)] if c.data_path else None)
         device = c.device if c.device != "auto" else ("cuda" if _cuda() else "cpu")
         return SwarmEngine(
-            EngineConfig(model=model, train=train, codec=c.codec, outer=outer, device=device, poison=c.poison),
+            EngineConfig(model=model, train=train, codec=c.codec, outer=outer, device=device, poison=c.poison,
+                         aggregation=_aggregation(c.aggregation)),
             corpus,
         )
 
@@ -510,6 +512,12 @@ def _hlc_ok(clock: HybridLogicalClock, envelope: Envelope) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _aggregation(name: str) -> AggregationConfig:
+    if name == "mean":
+        return AggregationConfig(expert_rule=Rule.MEAN, trunk_rule=Rule.MEAN)
+    return AggregationConfig()
 
 
 def _int(text: str | None) -> int:
