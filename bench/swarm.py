@@ -155,7 +155,7 @@ def main() -> int:
     }
     print(f"{'run':<28}{'held-out bpb':>14}")
     print(f"{'(a) swarm':<28}{swarm_bpb:>14.4f}")
-    print(f"{'(b) synchronous DP':<28}{syncdp_bpb:>14.4f}")
+    print(f"{'(b) synchronous DP':<28}{syncdp_bpb:>14.4f}")  # nan with --swarm-only
     print(f"{'(c) single node':<28}{single_bpb:>14.4f}")
     print(f"swarm vs sync DP: {figures['swarm_vs_syncdp_pct']:+.2f}%")
     print(f"bytes: swarm sent {figures['bytes_sent']:,}, sync DP would send {sync_dp_bytes:,} "
@@ -163,7 +163,8 @@ def main() -> int:
     print(f"rounds/min {figures['rounds_per_min']}, commit latency p50 {figures['commit_p50_ms']} ms, "
           f"p99 {figures['commit_p99_ms']} ms")
     if args.json:
-        print(json.dumps(figures, sort_keys=True))
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in figures.items()}
+        print(json.dumps(clean, sort_keys=True))
     return 0
 
 
