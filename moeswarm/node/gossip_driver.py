@@ -3,8 +3,9 @@
 Gossip traffic rides the peer transport as droppable messages (the core retransmits). What the node
 does with it:
 - `/v1/peers` shows each peer's SWIM status and its gossiped region, round and load;
-- a member that SWIM declares dead *and* whose connection is gone is proposed for removal by committed
-  reconfiguration, so its experts move to live nodes (placement is recomputed from the member set).
+- a member that SWIM declares dead *and* whose connection is still gone `DEAD_REMOVAL_GRACE_S` later
+  is proposed for removal by committed reconfiguration, so its experts move to live nodes (placement is
+  recomputed from the member set).
   Requiring both signals keeps a node that is merely slow — a CPU busy training misses probes — from
   being voted out.
 """
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # Probing is gentler than memberlist's LAN profile: a node trains on the same CPUs that answer pings.
 GOSSIP_CONFIG = GossipConfig(probe_interval_s=2.0, probe_timeout_s=1.0, suspicion_mult=6.0)
 STATE_VALUE_CHARS_MAX = 64
+# A crashed node restarted on its data dir within this window keeps its seat: removal by
+# reconfiguration is for nodes that stay gone, and a removed node would have to join again.
+DEAD_REMOVAL_GRACE_S = 60.0
 
 
 class GossipDriver:
@@ -47,6 +51,7 @@ class GossipDriver:
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, str]] = {}
         self._local: dict[str, str] = {}
+        self._dead_since: dict[str, float] = {}
 
     def set_local(self, key: str, value: str) -> None:
         """Publish our `key` (a new version only when the value changes)."""
@@ -56,7 +61,12 @@ class GossipDriver:
         self.node.set_local(key, value.encode()[:STATE_VALUE_CHARS_MAX], time.monotonic())
 
     async def tick(self) -> None:
-        await self._perform(self.node.on_tick(time.monotonic()))
+        now = time.monotonic()
+        await self._perform(self.node.on_tick(now))
+        for node, since in list(self._dead_since.items()):
+            if now - since >= DEAD_REMOVAL_GRACE_S:
+                del self._dead_since[node]
+                await self._on_dead(node)
 
     async def on_message(self, sender: str, msg: Any) -> None:
         await self._perform(self.node.on_message(msg, sender, time.monotonic()))
@@ -69,13 +79,14 @@ class GossipDriver:
                     await transport.send(effect.to, self.daemon.seal(effect.msg), kind="gossip", droppable=True)
             elif isinstance(effect, Joined | Alive):
                 self.status[effect.node] = "alive"
+                self._dead_since.pop(effect.node, None)
             elif isinstance(effect, Suspect):
                 self.status[effect.node] = "suspect"
                 log.info("node %s: %s suspected (by %s)", self.daemon.identity.short_id, effect.node[:12],
                          effect.accuser[:12])
             elif isinstance(effect, Dead):
                 self.status[effect.node] = "dead"
-                await self._on_dead(effect.node)
+                self._dead_since.setdefault(effect.node, time.monotonic())
             elif isinstance(effect, StateChanged):
                 text = effect.value.decode(errors="replace")[:STATE_VALUE_CHARS_MAX]
                 self.state.setdefault(effect.origin, {})[effect.key] = text
