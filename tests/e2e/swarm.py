@@ -137,6 +137,20 @@ class LocalSwarm:
             return None
         return answer.body if answer.status == 200 else None
 
+    def metric(self, index: int, name: str) -> float | None:
+        """One unlabelled sample of the node's /metrics (no token needed), or None."""
+        try:
+            answer = http(self.nodes[index].admin_port, "/metrics")
+        except (urllib.error.URLError, OSError):
+            return None
+        if answer.status != 200 or not isinstance(answer.body, str):
+            return None
+        for line in answer.body.splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return float(value)
+        return None
+
     def rounds(self, index: int) -> dict[int, dict[str, Any]]:
         """Every committed round the node reports, by round number."""
         body = self.get(index, "/v1/rounds?from=0&limit=1000")
