@@ -151,9 +151,9 @@ def test_a_killed_node_restarts_on_its_data_dir_and_reaches_the_current_state_ha
     name = swarm.nodes[victim].name
 
     # Mid-round: the victim has published its delta and served it to the three others, and the round
-    # is not decided yet. So they can commit it at once without the victim's votes and it is down for a
-    # few seconds only: SWIM declares a silent member dead some 15 s after it goes quiet, and a member
-    # voted out while it was down stops when it comes back instead of rejoining.
+    # is not decided yet. So they can commit it at once without the victim's votes, and it is down for
+    # seconds only, well inside the grace a SWIM-dead member gets before it is voted out (a member
+    # voted out while it was down stops when it comes back instead of rejoining).
     served_before: dict[int, float] = {}
 
     def published_and_served() -> bool:
