@@ -277,7 +277,7 @@ class Signed(Protocol):
 SignedT = TypeVar("SignedT", bound=Signed)
 
 
-UNSIGNED = b"\x00" * 64  # placeholder signature of a message about to be signed by `sign`
+UNSIGNED = b"\x00" * 64  # the sig field while a message is built; `sign` fills it in
 
 
 def sign(identity: Identity, msg: SignedT) -> SignedT:

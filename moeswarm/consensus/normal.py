@@ -65,21 +65,25 @@ def try_propose(r: Replica, now: float) -> None:
             r.wanted = None
         seq = r.next_seq
         r.next_seq += 1
-        msg = PrePrepare(
-            epoch=r.ms.epoch,
-            view=r.view,
-            seq=seq,
-            digest=proposal.digest(),
-            proposal=proposal,
-            replica=r.me,
-            sig=UNSIGNED,
-        )
-        pp = r.sign_and_broadcast(msg)
+        pp = r.sign_and_broadcast(unsigned_pre_prepare(r, seq, proposal))
         slot = r.slot(seq)
         slot.pre_prepare = pp
         slot.validation = Validation.VALID
         slot.locked[r.view] = pp.digest
         advance(r, slot, now)
+
+
+def unsigned_pre_prepare(r: Replica, seq: int, proposal: Proposal) -> PrePrepare:
+    """This replica's pre-prepare of `proposal` at `seq` in its current view, ready to be signed."""
+    return PrePrepare(
+        epoch=r.ms.epoch,
+        view=r.view,
+        seq=seq,
+        digest=proposal.digest(),
+        proposal=proposal,
+        replica=r.me,
+        sig=UNSIGNED,
+    )
 
 
 def _same_epoch_and_view(r: Replica, msg: PrePrepare, sender: str) -> bool:

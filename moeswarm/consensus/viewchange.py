@@ -23,7 +23,6 @@ from moeswarm.consensus.messages import (
     CheckpointCertificate,
     Kind,
     NewView,
-    PrePrepare,
     ViewChange,
     sign,
 )
@@ -150,16 +149,7 @@ def _send_new_view(r: Replica, vcs: dict[str, ViewChange], now: float) -> None:
     plan = plan_new_view(chosen)
     pre_prepares = []
     for seq, proposal, _ in plan.proposals:
-        unsigned = PrePrepare(
-            epoch=r.ms.epoch,
-            view=r.view,
-            seq=seq,
-            digest=proposal.digest(),
-            proposal=proposal,
-            replica=r.me,
-            sig=UNSIGNED,
-        )
-        pre_prepares.append(sign(r.identity, unsigned))
+        pre_prepares.append(sign(r.identity, normal.unsigned_pre_prepare(r, seq, proposal)))
     nv = r.sign_and_broadcast(
         NewView(
             epoch=r.ms.epoch,
