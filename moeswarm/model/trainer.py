@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -181,16 +181,23 @@ class Trainer:
         self.step += 1
         return float(out.ce.detach()) / math.log(2)
 
-    def train(self, steps: int) -> TrainStats:
-        """Run `steps` optimizer steps (evaluating every `eval_every` steps); callable repeatedly."""
+    def train(self, steps: int, stop: Callable[[], bool] | None = None) -> TrainStats:
+        """Run `steps` optimizer steps (evaluating every `eval_every` steps); callable repeatedly.
+
+        `stop` is asked before each step: a draining node must not sit out a whole round of training
+        (minutes on a CPU) before it can checkpoint and exit. The stats count the steps actually taken.
+        """
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         show = self.progress and sys.stderr.isatty()
         bar = tqdm(total=steps, disable=not show, unit="step", dynamic_ncols=True, leave=False)
         total_bpb = 0.0
         spent = 0.0
+        done = 0
         try:
             for _ in range(steps):
+                if stop is not None and stop():
+                    break
                 started = time.perf_counter()
                 bpb = self.train_step()
                 if self.device.type == "cuda":
@@ -205,12 +212,13 @@ class Trainer:
                     bar.set_postfix(train_bpb=f"{bpb:.3f}")
                 self.history.append(Point(self.step, self.optimizer.lr, bpb, heldout, self.seconds + spent))
                 bar.update(1)
+                done += 1
         finally:
             bar.close()
             self.seconds += spent
-        tokens = steps * self.config.batch_size * self.model.config.context
+        tokens = done * self.config.batch_size * self.model.config.context
         return TrainStats(
-            steps, spent, tokens, tokens / spent if spent else 0.0, total_bpb / steps if steps else math.nan
+            done, spent, tokens, tokens / spent if spent else 0.0, total_bpb / done if done else math.nan
         )
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 import typing
+from collections.abc import Awaitable
 from typing import Any
 
 from moeswarm import wire
@@ -57,6 +58,8 @@ TICK_S = 0.2
 GOSSIP_TYPES = typing.get_args(GossipMessage)
 CHECKPOINTS_KEPT = 3
 FINISH_LINGER_S = 120.0
+SHUTDOWN_STEP_S = 10.0  # each step of a stop; the whole stop stays well inside fly.toml's kill_timeout
+SHUTDOWN_STEP_SLOW_S = 2.0
 
 
 class NodeDaemon:
@@ -79,6 +82,9 @@ class NodeDaemon:
         self.gossip: GossipDriver | None = None
         self.membership = MembershipDriver(self)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # One checkpoint write at a time: a reconfiguration's save and the final one at stop can
+        # coincide, and a save must not count as reused a chunk that the other's pruning removes.
+        self._checkpoint_lock = asyncio.Lock()
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -218,9 +224,12 @@ class NodeDaemon:
                 if self.identity.node_id not in consensus.members:
                     await self._wait_or_stop(consensus.membership_changed.wait())
                 continue
+            if not rounds.paused.is_set():
+                await self._wait_or_stop(rounds.paused.wait())  # a paused node still drains
+                continue
             base = rounds.engine.round
             announce = await rounds.train_and_publish()
-            if self.stopping.is_set():
+            if announce is None or self.stopping.is_set():
                 break
             await self.broadcast(announce)
             consensus.poke()
@@ -333,16 +342,25 @@ class NodeDaemon:
     async def save_checkpoint(self, seq: int) -> None:
         assert self.driver is not None and self.consensus is not None
         engine = self.driver.engine
-        meta = {
-            "members": list(self.consensus.members),
-            "seq": seq,
-            "epoch_start_seq": self.consensus.epoch_start_seq,
-            "model_config": engine.config.model.to_json(),
-        }
-        weights, momentum = await self.driver._work(lambda: (dict(engine.weights), dict(engine.momentum)))
-        await asyncio.to_thread(self.store.checkpoints.save, engine.round, weights,
-                                state_hash=engine.state_hash, meta=meta, epoch=engine.epoch, optimizer=momentum)
-        await asyncio.to_thread(self.store.checkpoints.keep_last, CHECKPOINTS_KEPT)
+
+        def snapshot() -> tuple[int, int, bytes, dict[str, Any], dict[str, Any]]:
+            # Taken in the training worker, between two of its jobs: the commit path updates the
+            # weights in place there, so copies keep this checkpoint whole while it is written.
+            return (engine.round, engine.epoch, engine.state_hash,
+                    {k: v.clone() for k, v in engine.weights.items()},
+                    {k: v.clone() for k, v in engine.momentum.items()})
+
+        async with self._checkpoint_lock:
+            meta = {
+                "members": list(self.consensus.members),
+                "seq": seq,
+                "epoch_start_seq": self.consensus.epoch_start_seq,
+                "model_config": engine.config.model.to_json(),
+            }
+            round_, epoch, state_hash, weights, momentum = await self.driver._work(snapshot)
+            await asyncio.to_thread(self.store.checkpoints.save, round_, weights, state_hash=state_hash,
+                                    meta=meta, epoch=epoch, optimizer=momentum)
+            await asyncio.to_thread(self.store.checkpoints.keep_last, CHECKPOINTS_KEPT)
 
     async def install_offer(self, sender: str, offer: StateOffer) -> None:
         """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash."""
@@ -391,23 +409,39 @@ class NodeDaemon:
             self.stopping.set()
 
     async def _shutdown(self) -> None:
+        """Stop within a bounded time: an orchestrator (Fly's kill_timeout, Kubernetes' grace period)
+        kills a node that overruns, so every step has a time limit and a slow one is logged by name."""
+        if self.driver is not None:
+            self.driver.interrupt()  # the final checkpoint must not wait behind a round of training
         if self.driver is not None and self.consensus is not None and self.driver.engine.round > 0:
-            # Nothing committed is lost: the final state is on disk before the node exits.
-            try:
-                await self.save_checkpoint(self.consensus.executed_seq)
-            except Exception:
-                log.exception("node %s: final checkpoint failed", self.identity.short_id)
+            # Nothing committed is lost: the final state is on disk before the node exits (and every
+            # committed round is in the consensus log, fsync'd, should this step run out of time).
+            await self._bounded("final checkpoint", self.save_checkpoint(self.consensus.executed_seq))
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._bounded("stopping tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         if self.admin is not None:
-            await self.admin.stop()
+            await self._bounded("admin endpoint", self.admin.stop())
         if self.transport is not None:
-            await self.transport.stop()
+            await self._bounded("peer connections", self.transport.stop())
         if self.driver is not None:
-            self.driver.close()
+            await self._bounded("training worker", asyncio.to_thread(self.driver.close))
         self.store.close()
         log.info("node %s: stopped", self.identity.short_id)
+
+    async def _bounded(self, step: str, awaitable: Awaitable[Any]) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(awaitable, timeout=SHUTDOWN_STEP_S)
+        except TimeoutError:
+            log.error("node %s: shutdown step %r still running after %.0fs; going on without it",
+                      self.identity.short_id, step, SHUTDOWN_STEP_S)
+        except Exception:
+            log.exception("node %s: shutdown step %r failed", self.identity.short_id, step)
+        else:
+            spent = time.monotonic() - started
+            if spent > SHUTDOWN_STEP_SLOW_S:
+                log.warning("node %s: shutdown step %r took %.1fs", self.identity.short_id, step, spent)
 
     # --- NodeControl for the admin endpoint ---------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -120,6 +121,7 @@ class RoundDriver:
         self.paused.set()
         self.bytes_published = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        self._interrupted = threading.Event()
         self._fetching: set[bytes] = set()
         self._owners: dict[int, tuple[str, ...]] = {}
         self._placements: dict[int, dict[int, tuple[str, ...]]] = {}  # epoch -> expert -> owners
@@ -132,7 +134,12 @@ class RoundDriver:
     async def _work(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def interrupt(self) -> None:
+        """Stop training at the next inner step (the node is stopping); what is queued behind it runs."""
+        self._interrupted.set()
+
     def close(self) -> None:
+        self._interrupted.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- membership -------------------------------------------------------------------------------
@@ -176,14 +183,18 @@ class RoundDriver:
 
     # --- training and publishing --------------------------------------------------------------
 
-    async def train_and_publish(self) -> DeltaAnnounce:
-        """H inner steps from the committed weights, then a signed blob stored locally."""
-        await self.paused.wait()
+    async def train_and_publish(self) -> DeltaAnnounce | None:
+        """H inner steps from the committed weights, then a signed blob stored locally; None when
+        training was interrupted because the node is stopping (a partial round is not published).
+        The caller waits while training is paused."""
         await self._work(self._take_assignment)
         base_round, base_hash = self.engine.round, self.engine.state_hash
         self.phase = "train"
-        stats = await self._work(self.engine.train, self.inner_steps)
+        stats = await self._work(self.engine.train, self.inner_steps, self._interrupted.is_set)
         self.tokens_total += stats.tokens
+        if self._interrupted.is_set():
+            self.phase = "idle"
+            return None
         self.phase = "encode"
         payload, names = await self._work(self._encode_delta)
         stamp = self.hlc.send(int(time.time() * 1000))

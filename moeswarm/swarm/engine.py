@@ -11,7 +11,7 @@ a commit is deterministic (see `apply` and `aggregate`).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -126,10 +126,11 @@ class SwarmEngine:
 
     # --- one round of local work ----------------------------------------------------------------
 
-    def train(self, steps: int) -> TrainStats:
-        """Start from the committed weights and take `steps` inner steps on the owned set."""
+    def train(self, steps: int, stop: Callable[[], bool] | None = None) -> TrainStats:
+        """Start from the committed weights and take `steps` inner steps on the owned set (fewer when
+        `stop` says so)."""
         load_flat_state(self.model, self.weights)
-        stats = self.trainer.train(steps)
+        stats = self.trainer.train(steps, stop)
         self.rounds_trained += 1
         return stats
 

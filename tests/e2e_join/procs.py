@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HTTP_TIMEOUT_S = 3.0
 POLL_S = 0.5
 LOG_TAIL_LINES = 60
+ABOUT_TAIL_LINES = 40
 EXIT_WAIT_S = 10.0
 
 T = TypeVar("T")
@@ -113,15 +114,23 @@ def node_env(cluster_key: str, admin_token: str) -> dict[str, str]:
     return env
 
 
-def wait_until(what: str, timeout_s: float, probe: Callable[[], T | None]) -> T:
-    """Poll `probe` until it returns something other than None/False; fail after `timeout_s`."""
+def wait_until(what: str, timeout_s: float, probe: Callable[[], T | None], about: Node | None = None) -> T:
+    """Poll `probe` until it returns something other than None/False; fail after `timeout_s`.
+
+    With `about`, the failure message itself carries that node's log tail: CI shows the head of a
+    failure first, and the node the wait was about is the one whose log explains it.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         value = probe()
         if value is not None and value is not False:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting until {what}")
+            detail = ""
+            if about is not None:
+                tail = about.log_text().splitlines()[-ABOUT_TAIL_LINES:]
+                detail = f"\n--- {about.name} (alive={about.alive()}), last lines ---\n" + "\n".join(tail)
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting until {what}{detail}")
         time.sleep(POLL_S)
 
 

@@ -137,7 +137,8 @@ def test_a_node_found_by_dns_joins_a_stranger_is_refused_and_a_drained_node_leav
         stayers = [n for n in nodes if n is not leaver]
         assert leaver.post("/v1/drain") == 202  # accepted: the node leaves, then exits
         assert leaver.proc is not None
-        wait_until("the drained node exits", DRAIN_S_MAX, lambda: leaver.proc is not None and not leaver.alive())
+        wait_until("the drained node exits", DRAIN_S_MAX, lambda: leaver.proc is not None and not leaver.alive(),
+                   about=leaver)
         assert leaver.proc.returncode == 0
         after = wait_until("the others see 4 members", ROUNDS_S_MAX, lambda: all_members(stayers, FIRST))
         base = max(int(s["round"]) for s in after)  # type: ignore[call-overload]

@@ -48,6 +48,23 @@ def test_train_in_pieces_equals_train_at_once(corpus: Corpus) -> None:
     assert model_hash(pieces.model) == model_hash(once.model)
 
 
+def test_a_stop_request_ends_training_at_the_next_step(corpus: Corpus) -> None:
+    """A draining node asks its round of training to stop; the stats count only the steps taken."""
+    trainer = Trainer(MoETransformer(TINY, seed=0), corpus, _cfg())
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 3
+
+    stats = trainer.train(10, stop)
+    assert (stats.steps, trainer.step) == (3, 3)
+    assert stats.tokens == 3 * FAST.batch_size * TINY.context
+    assert math.isfinite(stats.train_bpb)
+    assert trainer.train(5, lambda: True).steps == 0 and trainer.step == 3
+
+
 def test_training_lowers_held_out_bits_per_byte(corpus: Corpus) -> None:
     trainer = Trainer(MoETransformer(TINY, seed=0), corpus, _cfg(total_steps=40))
     before = trainer.evaluate()
