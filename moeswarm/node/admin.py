@@ -37,6 +37,7 @@ ROUNDS_LIMIT_MAX = 1000
 ROUNDS_LIMIT_DEFAULT = 100
 REQUEST_BYTES_MAX = 64 * 1024
 REALM = 'Bearer realm="moe-swarm admin"'
+SHUTDOWN_GRACE_S = 3.0  # in-flight admin requests get this long when the node stops (aiohttp waits 60 s)
 
 
 class ControlError(Exception):
@@ -213,7 +214,7 @@ class AdminServer:
     """The admin app bound to one host and port; `port` is the real one when 0 was asked for."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         self._host = host
         self._port = port
         self.port = port

@@ -228,7 +228,7 @@ class NodeDaemon:
                 await self._wait_or_stop(rounds.paused.wait())  # a paused node still drains
                 continue
             base = rounds.engine.round
-            announce = await rounds.train_and_publish()
+            announce = await self._train_unless_stopped(rounds)
             if announce is None or self.stopping.is_set():
                 break
             await self.broadcast(announce)
@@ -236,6 +236,16 @@ class NodeDaemon:
             while rounds.engine.round == base and not self.stopping.is_set():
                 await self._wait_or_stop(consensus.applied.wait())
                 consensus.applied.clear()
+
+    async def _train_unless_stopped(self, rounds: RoundDriver) -> DeltaAnnounce | None:
+        """A round of training, cut short at the next inner step when the node stops meanwhile."""
+        work = asyncio.ensure_future(rounds.train_and_publish())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not work.done():
+            rounds.interrupt()
+        return await work
 
     async def _linger(self, final_round: int) -> None:
         """The job is done; keep serving (blobs, votes, catch-up) until every member has gossiped that

@@ -76,6 +76,7 @@ from moeswarm.node.peer_link import Outgoing, PeerLink
 from moeswarm.wire import WireError, encode
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +143,9 @@ class PeerTransport:
         app = web.Application(middlewares=[_json_errors], client_max_size=4096)
         app.router.add_get("/peer", self._accept)
         app.router.add_get("/blobs/{blob_id}", blob_handler(self.cluster, self._blob_source, self._blob_served))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Links are closed before the runner: what is still in flight then (a blob download, a
+        # handshake) gets a short grace, not aiohttp's default minute, so a stop stays bounded.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = int(self._runner.addresses[0][1])

@@ -62,7 +62,8 @@ def test_a_stop_request_ends_training_at_the_next_step(corpus: Corpus) -> None:
     assert (stats.steps, trainer.step) == (3, 3)
     assert stats.tokens == 3 * FAST.batch_size * TINY.context
     assert math.isfinite(stats.train_bpb)
-    assert trainer.train(5, lambda: True).steps == 0 and trainer.step == 3
+    assert trainer.train(5, lambda: True).steps == 0
+    assert trainer.step == 3
 
 
 def test_training_lowers_held_out_bits_per_byte(corpus: Corpus) -> None:
