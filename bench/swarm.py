@@ -149,6 +149,7 @@ def main() -> int:
         "rounds_per_min": round(60 * float(swarm.get("rounds") or 0) / swarm["wall_s"], 2),
         "commit_p50_ms": _percentile(latencies, 0.5),
         "commit_p99_ms": _percentile(latencies, 0.99),
+        "contributors_per_round": swarm.get("contributors_per_round", []),
         "swarm_wall_s": round(swarm["wall_s"], 1),
         "syncdp_wall_s": round(syncdp_s, 1),
         "single_wall_s": round(single_s, 1),
@@ -162,6 +163,7 @@ def main() -> int:
           f"({figures['bytes_ratio']}x fewer)")
     print(f"rounds/min {figures['rounds_per_min']}, commit latency p50 {figures['commit_p50_ms']} ms, "
           f"p99 {figures['commit_p99_ms']} ms")
+    print(f"deltas in each round's commit: {figures['contributors_per_round']}")
     if args.json:
         clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in figures.items()}
         print(json.dumps(clean, sort_keys=True))

@@ -348,6 +348,8 @@ def _summary(nodes: Sequence[NodeProcess], history: list[dict[str, Any]], wall_s
         "bytes_sent": sum(int(n.status.get("bytes_sent", 0)) for n in nodes if n.status),
         "restarts": sum(n.restarts for n in nodes),
         "commit_latencies_ms": [r.get("commit_latency_ms") for r in history if r.get("commit_latency_ms")],
+        # how many deltas each round's commit carried: fewer than the nodes means some came late
+        "contributors_per_round": [len(r.get("contributors") or []) for r in history],
         "state_hashes": sorted(h for h in hashes if h),
         "wall_s": round(wall_s, 1),
     }
