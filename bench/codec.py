@@ -47,6 +47,7 @@ CODECS = (
     "topk:0.01+int8+zstd",
     "lowrank:4+fp16",
     "lowrank:16+int8+zstd",
+    "lowrank:32+int8+zstd",  # the node default
 )
 RANDOM_ELEMENTS = 64 * 2**20
 

@@ -39,7 +39,7 @@ class DeltaRejected(ValueError):
 class EngineConfig:
     model: MoEConfig
     train: TrainConfig
-    codec: str = "topk:0.05+int8+zstd"
+    codec: str = "lowrank:32+int8+zstd"
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
