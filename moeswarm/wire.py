@@ -63,6 +63,7 @@ INT_MAX = 2**64 - 1
 TYPE_NAME_LEN_MAX = 64
 # Unpacking the tag costs at most this many bytes beyond the body's own limit.
 TAG_OVERHEAD_BYTES = TYPE_NAME_LEN_MAX + 8
+_PAIR_HEADER = b"\x92"  # msgpack fixarray of two: [type_name, body]
 
 
 class WireError(ValueError):
@@ -442,11 +443,10 @@ def encode_body(msg: object) -> bytes:
 
 def encode(msg: object) -> bytes:
     """``[type_name, body]`` as msgpack; raises WireError for a value a peer would reject."""
-    spec, body = _plain_body(msg)
-    data = pack_plain([spec.type_name, body])
-    if len(data) > spec.max_bytes + TAG_OVERHEAD_BYTES:
-        raise WireError(f"{spec.type_name}: {len(data)} bytes exceeds the limit of {spec.max_bytes}")
-    return data
+    # The limit is on the body alone, as for `encode_body`: a message is sendable in both framings
+    # or in neither, whatever the length of its type tag.
+    body = encode_body(msg)
+    return _PAIR_HEADER + pack_plain(_BY_CLASS[type(msg)].type_name) + body
 
 
 def _build(spec: _Spec, raw: Any) -> object:
@@ -490,8 +490,9 @@ def decode(data: bytes) -> object:
         if type(type_name) is not str:
             raise WireError("type tag must be a string")
         spec = _spec_by_name(type_name)
-        if len(data) > spec.max_bytes + TAG_OVERHEAD_BYTES:
-            raise WireError(f"{type_name}: {len(data)} bytes exceeds the limit of {spec.max_bytes}")
+        body_bytes = len(data) - unpacker.tell()
+        if body_bytes > spec.max_bytes:
+            raise WireError(f"{type_name}: {body_bytes} bytes exceeds the limit of {spec.max_bytes}")
         body = unpacker.unpack()
         if unpacker.tell() != len(data):
             raise WireError("trailing bytes after the message")
