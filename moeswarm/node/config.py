@@ -77,6 +77,7 @@ class NodeConfig:
     staleness_rounds_max: int
     poison: str | None
     aggregation: str
+    dead_removal_grace_s: float
 
     @property
     def on_fly(self) -> bool:
@@ -225,6 +226,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("staleness_rounds_max", _to_int, "rounds a late delta may still enter a commit (default 2)", metavar="S"),
     _Field("aggregation", _choice("robust", "mean"),
            "robust (trimmed mean per expert, centered clipping on the trunk; the default) or mean"),
+    _Field("dead_removal_grace_s", _to_float,
+           "seconds a member SWIM declares dead may stay gone before it is voted out (default 60)", metavar="S"),
     _Field("poison", _choice(*POISON_MODES), "test only: make this node Byzantine (scale, flip or nan deltas)"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
@@ -254,6 +257,7 @@ _DEFAULTS: dict[str, Any] = {
     "replicas": 2,
     "staleness_rounds_max": 2,
     "aggregation": "robust",
+    "dead_removal_grace_s": 60.0,
 }
 
 
@@ -332,7 +336,7 @@ def _validate(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"rounds must be 0 (until stopped) or positive, got {values['rounds']}")
     if values["staleness_rounds_max"] < 0:
         raise ConfigError(f"staleness_rounds_max cannot be negative, got {values['staleness_rounds_max']}")
-    for key in ("round_deadline_s", "drain_timeout_s", "outer_lr", "inner_lr"):
+    for key in ("round_deadline_s", "drain_timeout_s", "outer_lr", "inner_lr", "dead_removal_grace_s"):
         if not values[key] > 0:
             raise ConfigError(f"{key} must be positive, got {values[key]}")
     if not 0.0 <= values["outer_momentum"] < 1.0:

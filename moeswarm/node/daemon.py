@@ -301,13 +301,14 @@ class NodeDaemon:
         elif isinstance(msg, SwarmHello | JoinRequest | LeaveRequest):
             await self.membership.on_message(sender, msg)
         elif isinstance(msg, StateOffer):
-            assert self.consensus is not None
-            await self.consensus.on_state_offer(sender, msg)
+            if self.consensus is not None:  # none asked for before the node has decided how to start
+                await self.consensus.on_state_offer(sender, msg)
         elif self.consensus is not None:
             await self.consensus.on_message(sender, msg)
 
     async def _on_announce(self, sender: str, announce: DeltaAnnounce) -> None:
-        assert self.driver is not None and self.transport is not None
+        if self.driver is None or self.transport is None or self.consensus is None:
+            return  # still starting (deciding whether to resume, join or form a swarm): not our round yet
         if not self.driver.wants(announce):
             return
         self.spawn(self.fetch_blob(announce.blob_id, [sender, announce.author]), "fetch-blob")

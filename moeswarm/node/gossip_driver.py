@@ -3,7 +3,7 @@
 Gossip traffic rides the peer transport as droppable messages (the core retransmits). What the node
 does with it:
 - `/v1/peers` shows each peer's SWIM status and its gossiped region, round and load;
-- a member that SWIM declares dead *and* whose connection is still gone `DEAD_REMOVAL_GRACE_S` later
+- a member that SWIM declares dead *and* whose connection is still gone `--dead-removal-grace-s` later
   is proposed for removal by committed reconfiguration, so its experts move to live nodes (placement is
   recomputed from the member set).
   Requiring both signals keeps a node that is merely slow — a CPU busy training misses probes — from
@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 # Probing is gentler than memberlist's LAN profile: a node trains on the same CPUs that answer pings.
 GOSSIP_CONFIG = GossipConfig(probe_interval_s=2.0, probe_timeout_s=1.0, suspicion_mult=6.0)
 STATE_VALUE_CHARS_MAX = 64
-# A crashed node restarted on its data dir within this window keeps its seat: removal by
-# reconfiguration is for nodes that stay gone, and a removed node would have to join again.
-DEAD_REMOVAL_GRACE_S = 60.0
 
 
 class GossipDriver:
@@ -64,7 +61,9 @@ class GossipDriver:
         now = time.monotonic()
         await self._perform(self.node.on_tick(now))
         for node, since in list(self._dead_since.items()):
-            if now - since >= DEAD_REMOVAL_GRACE_S:
+            # A crashed node restarted on its data dir within the grace keeps its seat: removal is
+            # for nodes that stay gone (one that comes back later joins again).
+            if now - since >= self.daemon.config.dead_removal_grace_s:
                 del self._dead_since[node]
                 await self._on_dead(node)
 

@@ -20,7 +20,8 @@ replica checks the reconfiguration's commit certificate and the new epoch's stab
 asks for that state (`FetchState`), which the consensus driver gets by checkpoint transfer and which
 must hash to the digest a quorum signed. From then on it is a member like any other; placement and
 its data shard follow from the member set. A member that finds itself removed without having asked
-stops: it trains nothing for a swarm it is no longer part of.
+(voted out while it was down longer than the dead-removal grace) trains nothing for the swarm it is no
+longer part of and asks to join again, as a newcomer would.
 """
 
 from __future__ import annotations
@@ -336,11 +337,17 @@ class MembershipDriver:
         consensus = daemon.consensus
         assert consensus is not None
         if self._was_member:
-            if not daemon.draining and not daemon.stopping.is_set():
-                log.warning("node %s: removed from the swarm by reconfiguration (epoch %d); stopping",
-                            daemon.identity.short_id, consensus.epoch)
-                daemon.stopping.set()
-            return
+            if daemon.draining or daemon.stopping.is_set():
+                return  # the removal it asked for
+            # Voted out while it was away (down longer than the dead-removal grace): come back the
+            # way a new node does — ask to join, then take the new epoch's state by transfer.
+            log.warning("node %s: removed from the swarm by reconfiguration (epoch %d) while away; "
+                        "asking to join again", daemon.identity.short_id, consensus.epoch)
+            self._was_member = False
+            self._request_at = float("-inf")
+            self.joiner = None
+            self._leavers.clear()
+            self._proposed = None
         self._was_outsider = True
         if daemon.draining:
             return

@@ -1,0 +1,83 @@
+"""A node that was voted out while it was down comes back as a member when it is restarted.
+
+SWIM declares a killed node dead; once it has stayed gone for the dead-removal grace the others
+commit its removal and carry on at n-1. Restarted on its data dir, the node learns that it was
+removed, asks to join again like a new node, takes the state by transfer, and is a member with the
+swarm's state hash again — what an operator expects after a host was down for a few minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_join.procs import (
+    Node,
+    free_tcp_port,
+    node_argv,
+    node_env,
+    show_logs_on_failure,
+    wait_until,
+    write_corpus,
+)
+from tests.e2e_join.test_join import all_members, hashes_at
+
+COUNT = 4
+START_S_MAX = 120.0
+REMOVAL_S_MAX = 60.0
+REJOIN_S_MAX = 120.0
+ROUNDS_S_MAX = 60.0
+GRACE_S = 3.0
+
+
+def make_nodes(tmp_path: Path) -> list[Node]:
+    key, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    data = write_corpus(tmp_path / "corpus.txt", 400_000)
+    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(COUNT)]
+    peers = ",".join(f"127.0.0.1:{peer}" for peer, _ in ports)
+    nodes = []
+    for i, (peer, admin) in enumerate(ports):
+        extra = ["--peers", peers, "--bootstrap-nodes", str(COUNT), "--data", str(data), "--inner-steps", "2",
+                 "--batch-size", "4", "--device", "cpu", "--seed", str(i), "--round-deadline-s", "20",
+                 "--region", "local", "--dead-removal-grace-s", str(GRACE_S)]
+        data_dir = tmp_path / "nodes" / f"n{i}"
+        nodes.append(Node(f"n{i}", peer, admin, data_dir, node_argv(f"n{i}", data_dir, peer, admin, extra),
+                          node_env(key, token), token))
+    return nodes
+
+
+@pytest.mark.e2e
+def test_a_node_voted_out_while_down_rejoins_when_restarted(tmp_path: Path) -> None:
+    nodes = make_nodes(tmp_path)
+    with show_logs_on_failure(nodes):
+        for node in nodes:
+            node.start()
+        wait_until("four nodes form a swarm and commit two rounds", START_S_MAX,
+                   lambda: all_members(nodes, COUNT, round_min=2))
+        primary = nodes[0].status().get("primary")
+        victim = next(n for n in nodes if n.status().get("node_id") != primary)
+        others = [n for n in nodes if n is not victim]
+        assert victim.proc is not None
+        victim.proc.kill()
+        victim.proc.wait()
+
+        wait_until("the others vote the dead node out", REMOVAL_S_MAX, lambda: all_members(others, COUNT - 1))
+        base = max(int(n.status().get("round", 0)) for n in others)
+        wait_until(f"the three commit round {base + 1}", ROUNDS_S_MAX,
+                   lambda: all_members(others, COUNT - 1, round_min=base + 1))
+
+        victim.start()
+        wait_until("the restarted node is a member again", REJOIN_S_MAX, lambda: all_members(nodes, COUNT),
+                   about=victim)
+        log = victim.log_text()
+        assert "taking its seat" not in log.split(" up: peers on ")[-1], "it resumed a seat it no longer has"
+        joined = re.findall(r"joined the swarm at round (\d+)", log)
+        assert joined, "the restarted node never logged that it joined"
+        join_round = int(joined[-1])
+        wait_until(f"every node has committed round {join_round + 2}", ROUNDS_S_MAX,
+                   lambda: all_members(nodes, COUNT, round_min=join_round + 2))
+        hashes = hashes_at(nodes, join_round + 2)
+        assert len(set(hashes.values())) == 1, f"state hashes differ at round {join_round + 2}: {hashes}"
