@@ -31,6 +31,7 @@ from moeswarm.consensus import (
     Validation,
     ViewChanged,
 )
+from moeswarm.node.membership import judge_members
 from moeswarm.swarm.messages import StateOffer, StateRequest
 from moeswarm.swarm.round import Verdict
 
@@ -66,7 +67,9 @@ class ConsensusDriver:
             daemon.identity, sorted(members), self.config, self._validate,
             epoch=epoch, epoch_start_seq=epoch_start_seq, restored=records,
             applied_seq=executed_seq if records or executed_seq else None,
+            validate_members=self._validate_members,
         )
+        self._members_pending: str | None = None  # why a proposed member set waits, while it does
         self.applied = asyncio.Event()
         self.membership_changed = asyncio.Event()
         self._queue: asyncio.Queue[Deliver] = asyncio.Queue()
@@ -131,6 +134,9 @@ class ConsensusDriver:
     async def tick(self) -> None:
         now = self._now()
         await self._perform(self.replica.on_tick(now))
+        if self._members_pending is not None:
+            # the evidence a member set waits for (a connection, a leave request) comes without a poke
+            await self._perform(self.replica.recheck(now))
         await self._maybe_propose(now)
 
     def poke(self) -> None:
@@ -169,6 +175,22 @@ class ConsensusDriver:
             return True
         return any(seq > r.last_delivered and slot.pre_prepare is not None
                    and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE for seq, slot in r.slots.items())
+
+    def _validate_members(self, seq: int, members: tuple[str, ...]) -> Validation:
+        daemon = self.daemon
+        transport = daemon.transport
+        verdict, reason = judge_members(
+            self.members, members, me=daemon.identity.node_id, leaving=daemon.membership.leaving,
+            asked_to_leave=daemon.membership.asked_to_leave(),
+            connected=transport.connected_peers() if transport is not None else (),
+        )
+        if verdict is Validation.VALID:
+            self._members_pending = None
+        elif reason != self._members_pending:
+            log.warning("node %s: seq %d reconfiguration to %d members %s: %s", daemon.identity.short_id, seq,
+                        len(members), "refused" if verdict is Validation.INVALID else "waits", reason)
+            self._members_pending = reason if verdict is Validation.PENDING else None
+        return verdict
 
     def _validate(self, seq: int, value: bytes) -> Validation:
         driver = self.daemon.driver

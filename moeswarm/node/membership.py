@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from moeswarm.consensus import Membership
+from moeswarm.consensus import Membership, Validation
 from moeswarm.consensus.messages import Fetch
 from moeswarm.swarm.messages import JoinRequest, LeaveRequest, SwarmHello
 
@@ -89,6 +89,38 @@ def change_target(members: Iterable[str], joiner: str | None, leavers: Iterable[
     current = set(members)
     target = (current | ({joiner} if joiner else set())) - set(leavers)
     return tuple(sorted(target if target else current))
+
+
+def judge_members(
+    current: Iterable[str], proposed: Iterable[str], *, me: str, leaving: bool, asked_to_leave: Iterable[str],
+    connected: Iterable[str],
+) -> tuple[Validation, str]:
+    """A backup's verdict on a proposed member set: would a correct primary propose it now?
+
+    A correct primary adds at most one node, one that has been admitted (its connection proved the
+    cluster key; to us too, since it must exchange votes with every member), and removes only nodes
+    that asked to leave or that are gone (no connection to us either). Anything else waits (PENDING:
+    the evidence may still be on its way — a LeaveRequest, a newcomer's connection) until the view
+    timer replaces a primary that keeps asking for it; so a Byzantine primary can neither vote honest,
+    reachable members out nor fill the set with keys that will never vote.
+    """
+    now, target = set(current), set(proposed)
+    if not target:
+        return Validation.INVALID, "an empty member set"
+    added, removed = target - now, now - target
+    if len(added) > 1:
+        return Validation.INVALID, f"adds {len(added)} nodes at once"
+    live = set(connected)
+    for node in added:
+        if node not in live:
+            return Validation.PENDING, f"adds {node[:12]}, which has no admitted connection to this node"
+    asked = set(asked_to_leave)
+    for node in removed:
+        if node == me and not leaving:
+            return Validation.PENDING, "removes this node, which is running and did not ask to leave"
+        if node != me and node in live and node not in asked:
+            return Validation.PENDING, f"removes {node[:12]}, which is connected and did not ask to leave"
+    return Validation.VALID, ""
 
 
 class MembershipDriver:
@@ -170,6 +202,10 @@ class MembershipDriver:
         else:
             await self._as_outsider(now)
 
+    def asked_to_leave(self) -> tuple[str, ...]:
+        """Members whose signed LeaveRequest reached this node (and are still members)."""
+        return tuple(self._leavers)
+
     def request_leave(self) -> None:
         """The node drains: keep asking the members to remove it until they have."""
         self.leaving = True
@@ -236,6 +272,7 @@ class MembershipDriver:
             if sender not in self._leavers:
                 log.info("node %s: %s asks to leave; proposing its removal", self.daemon.identity.short_id,
                          sender[:12])
+                consensus.poke()  # a proposed removal may be waiting for exactly this request
             self._leavers[sender] = self._now()
 
     def _on_join_request(self, sender: str, members: tuple[str, ...]) -> None:

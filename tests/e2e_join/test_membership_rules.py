@@ -1,9 +1,11 @@
-"""The pure rules of joining: which swarm a newcomer believes in, and which member set is proposed."""
+"""The pure rules of joining: which swarm a newcomer believes in, which member set is proposed, and
+which proposed member set a backup accepts."""
 
 from __future__ import annotations
 
+from moeswarm.consensus import Validation
 from moeswarm.identity import Identity
-from moeswarm.node.membership import change_target, vouched_swarm
+from moeswarm.node.membership import change_target, judge_members, vouched_swarm
 from moeswarm.swarm.messages import CommitEntry, RoundCommit, SwarmHello
 from moeswarm.swarm.round import RoundTracker, Verdict
 
@@ -74,3 +76,24 @@ def test_a_commit_for_an_epoch_not_yet_applied_is_pending_not_invalid() -> None:
     assert verdict is Verdict.PENDING
     stale = RoundCommit(round=4, base_hash=bytes([1]) * 32, epoch=0, entries=commit.entries)
     assert tracker.judge(stale)[0] is Verdict.INVALID
+
+
+def _judge(proposed: tuple[str, ...], *, me: str = FOUR[0], leaving: bool = False, asked: tuple[str, ...] = (),
+           connected: tuple[str, ...] = FOUR[1:]) -> Validation:
+    return judge_members(FOUR, proposed, me=me, leaving=leaving, asked_to_leave=asked, connected=connected)[0]
+
+
+def test_a_backup_accepts_the_changes_a_correct_primary_proposes() -> None:
+    assert _judge((*FOUR, NEWCOMER), connected=(*FOUR[1:], NEWCOMER)) is Validation.VALID  # an admitted joiner
+    assert _judge(FOUR[:3], asked=(FOUR[3],)) is Validation.VALID  # a member that asked to leave
+    assert _judge(FOUR[:3], connected=FOUR[1:3]) is Validation.VALID  # a member that is gone
+    assert _judge(FOUR[1:], leaving=True) is Validation.VALID  # our own leave
+    assert _judge((*FOUR[:3], NEWCOMER), connected=(*FOUR[1:3], NEWCOMER)) is Validation.VALID  # both at once
+
+
+def test_a_byzantine_primary_cannot_vote_out_reachable_members_or_add_strangers() -> None:
+    assert _judge(FOUR[:3]) is Validation.PENDING  # connected, never asked to leave
+    assert _judge(FOUR[1:]) is Validation.PENDING  # us, running, not leaving
+    assert _judge((*FOUR, NEWCOMER)) is Validation.PENDING  # a key that never connected to us
+    assert _judge((*FOUR, NEWCOMER, OTHER), connected=(*FOUR[1:], NEWCOMER, OTHER)) is Validation.INVALID
+    assert _judge(()) is Validation.INVALID
