@@ -30,7 +30,7 @@ from moeswarm.model.config import preset
 from moeswarm.model.data import load_corpus
 from moeswarm.model.trainer import TrainConfig
 from moeswarm.node.admin import AdminServer, ControlError, start_admin
-from moeswarm.node.config import NodeConfig
+from moeswarm.node.config import NodeConfig, format_address
 from moeswarm.node.consensus_driver import ConsensusDriver
 from moeswarm.node.discovery import build_discovery
 from moeswarm.node.gossip_driver import GossipDriver
@@ -60,6 +60,7 @@ CHECKPOINTS_KEPT = 3
 FINISH_LINGER_S = 120.0
 SHUTDOWN_STEP_S = 10.0  # each step of a stop; the whole stop stays well inside fly.toml's kill_timeout
 SHUTDOWN_STEP_SLOW_S = 2.0
+UNSPECIFIED_HOSTS = ("", "::", "0.0.0.0")
 
 
 class NodeDaemon:
@@ -85,6 +86,17 @@ class NodeDaemon:
         # One checkpoint write at a time: a reconfiguration's save and the final one at stop can
         # coincide, and a save must not count as reused a chunk that the other's pruning removes.
         self._checkpoint_lock = asyncio.Lock()
+
+    def advertised_address(self) -> str:
+        """Where peers can dial this node, for peer exchange; "" when it listens on every interface
+        and has no private address to name (its peers then know it only from its own dials)."""
+        c = self.config
+        host = c.listen_host
+        if host in UNSPECIFIED_HOSTS:
+            host = c.admin_host  # on Fly the 6PN address (FLY_PRIVATE_IP) the admin port binds
+        if host in UNSPECIFIED_HOSTS or self.transport is None:
+            return ""
+        return format_address(host, self.transport.port)
 
     # --- sending ----------------------------------------------------------------------------------
 

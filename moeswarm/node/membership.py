@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from moeswarm.consensus import Membership, Validation
 from moeswarm.consensus.messages import Fetch
-from moeswarm.swarm.messages import JoinRequest, LeaveRequest, SwarmHello
+from moeswarm.node.config import ConfigError, parse_address
+from moeswarm.swarm.messages import PEX_ADDRESSES_MAX, JoinRequest, LeaveRequest, SwarmHello
 
 if TYPE_CHECKING:
     from moeswarm.node.daemon import NodeDaemon
@@ -48,6 +49,7 @@ REQUEST_RETRY_S = 2.0  # join and leave requests are repeated until the reconfig
 FETCH_RETRY_S = 1.0
 JOIN_QUIET_S_MAX = 10.0  # a pending join whose requester stopped asking this long ago is dropped
 LEAVERS_MAX = 64
+PEX_DIALS_MAX = 64  # addresses learnt from hellos are dialled only while fewer than this are dialled
 HELLOS_MAX = 1024
 
 
@@ -225,7 +227,35 @@ class MembershipDriver:
             state_hash=engine.state_hash,
             executed_seq=consensus.executed_seq if consensus is not None else 0,
             checkpoint_round=checkpoint_round,
+            address=daemon.advertised_address(),
+            peers=self._peer_addresses(),
         )
+
+    def _peer_addresses(self) -> tuple[str, ...]:
+        """Where the peers we are connected to say they listen (from their hellos)."""
+        transport = self.daemon.transport
+        connected = set(transport.connected_peers()) if transport is not None else set()
+        found = sorted({h.address for s, h in self.hellos.items() if s in connected and h.address})
+        return tuple(found[:PEX_ADDRESSES_MAX])
+
+    def _exchange_peers(self, sender: str, hello: SwarmHello) -> None:
+        """Dial the peers a hello names that we have no connection to (peer exchange)."""
+        transport = self.daemon.transport
+        if transport is None:
+            return
+        connected = set(transport.connected_peers())
+        known = {h.address for s, h in self.hellos.items() if s in connected and h.address}
+        for address in hello.peers:
+            if address in known or address == hello.address or len(transport.dialing()) >= PEX_DIALS_MAX:
+                continue
+            try:
+                parse_address(address)
+            except ConfigError:
+                self.daemon.metrics.count_rejected("membership")
+                log.warning("node %s: hello from %s names a peer address %r that does not parse; ignored",
+                            self.daemon.identity.short_id, sender[:12], address[:64])
+                continue
+            transport.connect(address)
 
     async def _greet(self, now: float) -> None:
         """A hello to every new peer; to all of them when our epoch changed, and now and then."""
@@ -257,6 +287,7 @@ class MembershipDriver:
         if isinstance(msg, SwarmHello):
             if sender in self.hellos or len(self.hellos) < HELLOS_MAX:
                 self.hellos[sender] = msg
+                self._exchange_peers(sender, msg)
             return
         if msg.node != sender:
             self.daemon.metrics.count_rejected("membership")
