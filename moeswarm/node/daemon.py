@@ -61,6 +61,7 @@ FINISH_LINGER_S = 120.0
 SHUTDOWN_STEP_S = 10.0  # each step of a stop; the whole stop stays well inside fly.toml's kill_timeout
 SHUTDOWN_STEP_SLOW_S = 2.0
 UNSPECIFIED_HOSTS = ("", "::", "0.0.0.0")
+VITAL_TASKS = frozenset({"execute", "tick", "membership"})  # loops a node cannot run without
 
 
 class NodeDaemon:
@@ -74,6 +75,7 @@ class NodeDaemon:
         # the highest seen), so they start from the wall clock in microseconds.
         self._seq = time.time_ns() // 1000
         self.stopping = asyncio.Event()
+        self.exit_status = 0
         self.draining = False
         self.started_at = time.time()
         self.transport: PeerTransport | None = None
@@ -120,9 +122,17 @@ class NodeDaemon:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("node %s: task %s failed", self.identity.short_id, task.get_name(),
-                      exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("node %s: task %s failed", self.identity.short_id, task.get_name(), exc_info=task.exception())
+        if task.get_name() in VITAL_TASKS and not self.stopping.is_set():
+            # Without this loop the node would stay up but never execute, tick or follow membership
+            # again. Crash-only: stop with a failure status, so the orchestrator restarts it and it
+            # resumes from its checkpoint and durable log, catching up from its peers.
+            log.error("node %s: cannot go on without its %s loop; stopping with exit status 1",
+                      self.identity.short_id, task.get_name())
+            self.exit_status = 1
+            self.stopping.set()
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -201,7 +211,7 @@ class NodeDaemon:
             await self._round_loop()
         finally:
             await self._shutdown()
-        return 0
+        return self.exit_status
 
     def _start_discovery(self) -> None:
         c = self.config
