@@ -157,6 +157,11 @@ class Replica:
             times.append(max(self.behind_since + self.config.fetch_delay, self.fetch_at or 0.0))
         return min(times, default=None)
 
+    def withdraw_reconfigure(self) -> None:
+        """Forget a reconfiguration this replica asked for and no longer wants. One that a primary
+        has pre-prepared already goes on; this only stops the replica from pressing for it."""
+        self.wanted_reconfig = None
+
     def recheck(self, now: float) -> list[Effect]:
         """Re-run validation of proposals that were PENDING (e.g. a missing delta arrived)."""
         normal.recheck(self, now)

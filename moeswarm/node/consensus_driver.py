@@ -69,7 +69,7 @@ class ConsensusDriver:
             applied_seq=executed_seq if records or executed_seq else None,
             validate_members=self._validate_members,
         )
-        self._members_pending: str | None = None  # why a proposed member set waits, while it does
+        self._members_logged: tuple[int, str] | None = None
         self.applied = asyncio.Event()
         self.membership_changed = asyncio.Event()
         self._queue: asyncio.Queue[Deliver] = asyncio.Queue()
@@ -134,7 +134,8 @@ class ConsensusDriver:
     async def tick(self) -> None:
         now = self._now()
         await self._perform(self.replica.on_tick(now))
-        if self._members_pending is not None:
+        self._withdraw_stale_removal()
+        if self._reconfiguration_waits():
             # the evidence a member set waits for (a connection, a leave request) comes without a poke
             await self._perform(self.replica.recheck(now))
         await self._maybe_propose(now)
@@ -176,6 +177,29 @@ class ConsensusDriver:
         return any(seq > r.last_delivered and slot.pre_prepare is not None
                    and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE for seq, slot in r.slots.items())
 
+    def _withdraw_stale_removal(self) -> None:
+        """A removal we asked for (a dead member) whose node is connected again and did not ask to
+        leave: the other backups would let it wait, and pressing for it would only cost view changes."""
+        wish = self.replica.wanted_reconfig
+        transport = self.daemon.transport
+        if wish is None or transport is None:
+            return
+        me, membership = self.daemon.identity.node_id, self.daemon.membership
+        connected, asked = set(transport.connected_peers()), set(membership.asked_to_leave())
+        back = [n for n in set(self.members) - set(wish.members) if n != me and n in connected and n not in asked]
+        if back:
+            log.info("node %s: %s is connected again: withdrawing its removal", self.daemon.identity.short_id,
+                     back[0][:12])
+            self.replica.withdraw_reconfigure()
+            membership.forget_proposal()
+
+    def _reconfiguration_waits(self) -> bool:
+        """A pre-prepared reconfiguration not yet delivered that this node judged PENDING."""
+        r = self.replica
+        return any(seq > r.last_delivered and slot.pre_prepare is not None
+                   and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE and slot.validation is Validation.PENDING
+                   for seq, slot in r.slots.items())
+
     def _validate_members(self, seq: int, members: tuple[str, ...]) -> Validation:
         daemon = self.daemon
         transport = daemon.transport
@@ -184,12 +208,10 @@ class ConsensusDriver:
             asked_to_leave=daemon.membership.asked_to_leave(),
             connected=transport.connected_peers() if transport is not None else (),
         )
-        if verdict is Validation.VALID:
-            self._members_pending = None
-        elif reason != self._members_pending:
+        if verdict is not Validation.VALID and (seq, reason) != self._members_logged:
+            self._members_logged = (seq, reason)  # once per reason, not on every re-check
             log.warning("node %s: seq %d reconfiguration to %d members %s: %s", daemon.identity.short_id, seq,
                         len(members), "refused" if verdict is Validation.INVALID else "waits", reason)
-            self._members_pending = reason if verdict is Validation.PENDING else None
         return verdict
 
     def _validate(self, seq: int, value: bytes) -> Validation:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import typing
@@ -30,7 +31,7 @@ from moeswarm.model.config import preset
 from moeswarm.model.data import load_corpus
 from moeswarm.model.trainer import TrainConfig
 from moeswarm.node.admin import AdminServer, ControlError, start_admin
-from moeswarm.node.config import NodeConfig, format_address
+from moeswarm.node.config import NodeConfig
 from moeswarm.node.consensus_driver import ConsensusDriver
 from moeswarm.node.discovery import build_discovery
 from moeswarm.node.gossip_driver import GossipDriver
@@ -60,8 +61,7 @@ CHECKPOINTS_KEPT = 3
 FINISH_LINGER_S = 120.0
 SHUTDOWN_STEP_S = 10.0  # each step of a stop; the whole stop stays well inside fly.toml's kill_timeout
 SHUTDOWN_STEP_SLOW_S = 2.0
-UNSPECIFIED_HOSTS = ("", "::", "0.0.0.0")
-VITAL_TASKS = frozenset({"execute", "tick", "membership"})  # loops a node cannot run without
+VITAL_TASKS = frozenset({"execute", "tick"})  # loops a node cannot run without (membership catches its own)
 
 
 class NodeDaemon:
@@ -76,6 +76,7 @@ class NodeDaemon:
         self._seq = time.time_ns() // 1000
         self.stopping = asyncio.Event()
         self.exit_status = 0
+        self._overran = False  # a shutdown step ran out of time
         self.draining = False
         self.started_at = time.time()
         self.transport: PeerTransport | None = None
@@ -88,17 +89,6 @@ class NodeDaemon:
         # One checkpoint write at a time: a reconfiguration's save and the final one at stop can
         # coincide, and a save must not count as reused a chunk that the other's pruning removes.
         self._checkpoint_lock = asyncio.Lock()
-
-    def advertised_address(self) -> str:
-        """Where peers can dial this node, for peer exchange; "" when it listens on every interface
-        and has no private address to name (its peers then know it only from its own dials)."""
-        c = self.config
-        host = c.listen_host
-        if host in UNSPECIFIED_HOSTS:
-            host = c.admin_host  # on Fly the 6PN address (FLY_PRIVATE_IP) the admin port binds
-        if host in UNSPECIFIED_HOSTS or self.transport is None:
-            return ""
-        return format_address(host, self.transport.port)
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -459,6 +449,13 @@ class NodeDaemon:
             await self._bounded("peer connections", self.transport.stop())
         if self.driver is not None:
             await self._bounded("training worker", asyncio.to_thread(self.driver.close))
+        if self._overran:
+            # A step that ran out of time leaves its thread running, and the interpreter would wait
+            # for it at exit. Everything committed is already fsync'd in the log, so exit now,
+            # without closing the store under a thread that may still write to it.
+            log.error("node %s: stopped with steps still running; exiting now", self.identity.short_id)
+            logging.shutdown()
+            os._exit(self.exit_status)
         self.store.close()
         log.info("node %s: stopped", self.identity.short_id)
 
@@ -467,6 +464,7 @@ class NodeDaemon:
         try:
             await asyncio.wait_for(awaitable, timeout=SHUTDOWN_STEP_S)
         except TimeoutError:
+            self._overran = True
             log.error("node %s: shutdown step %r still running after %.0fs; going on without it",
                       self.identity.short_id, step, SHUTDOWN_STEP_S)
         except Exception:

@@ -27,6 +27,7 @@ longer part of and asks to join again, as a newcomer would.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from moeswarm.consensus import Membership, Validation
 from moeswarm.consensus.messages import Fetch
-from moeswarm.node.config import ConfigError, parse_address
+from moeswarm.node.config import parse_address
 from moeswarm.swarm.messages import PEX_ADDRESSES_MAX, JoinRequest, LeaveRequest, SwarmHello
 
 if TYPE_CHECKING:
@@ -49,7 +50,8 @@ REQUEST_RETRY_S = 2.0  # join and leave requests are repeated until the reconfig
 FETCH_RETRY_S = 1.0
 JOIN_QUIET_S_MAX = 10.0  # a pending join whose requester stopped asking this long ago is dropped
 LEAVERS_MAX = 64
-PEX_DIALS_MAX = 64  # addresses learnt from hellos are dialled only while fewer than this are dialled
+PEX_DIALS_MAX = 64  # addresses learnt from hellos and dialled at one time
+PEX_GIVE_UP_S = 60.0
 HELLOS_MAX = 1024
 
 
@@ -146,6 +148,8 @@ class MembershipDriver:
         self._fetches = 0
         self._was_member = False
         self._was_outsider = False
+        self._pex: dict[str, float] = {}  # addresses learnt from hellos that we dial -> last seen up
+        self._pex_offset = 0
 
     @staticmethod
     def _now() -> float:
@@ -195,6 +199,7 @@ class MembershipDriver:
             await asyncio.sleep(TICK_S)
 
     async def tick(self, now: float) -> None:
+        self._prune_exchanged(now)
         await self._greet(now)
         consensus = self.daemon.consensus
         if consensus is None:
@@ -203,6 +208,10 @@ class MembershipDriver:
             await self._as_member(now)
         else:
             await self._as_outsider(now)
+
+    def forget_proposal(self) -> None:
+        """The consensus driver withdrew our last wish: the same change may be wished for again."""
+        self._proposed = None
 
     def asked_to_leave(self) -> tuple[str, ...]:
         """Members whose signed LeaveRequest reached this node (and are still members)."""
@@ -227,35 +236,57 @@ class MembershipDriver:
             state_hash=engine.state_hash,
             executed_seq=consensus.executed_seq if consensus is not None else 0,
             checkpoint_round=checkpoint_round,
-            address=daemon.advertised_address(),
             peers=self._peer_addresses(),
         )
 
     def _peer_addresses(self) -> tuple[str, ...]:
-        """Where the peers we are connected to say they listen (from their hellos)."""
+        """Where our connected peers can be dialled; a window that moves on with every hello, so in a
+        swarm larger than one hello's share every address is passed on in turn."""
         transport = self.daemon.transport
-        connected = set(transport.connected_peers()) if transport is not None else set()
-        found = sorted({h.address for s, h in self.hellos.items() if s in connected and h.address})
-        return tuple(found[:PEX_ADDRESSES_MAX])
+        found = sorted(set(transport.peer_addresses().values())) if transport is not None else []
+        if len(found) <= PEX_ADDRESSES_MAX:
+            return tuple(found)
+        self._pex_offset = (self._pex_offset + PEX_ADDRESSES_MAX) % len(found)
+        window = found[self._pex_offset:] + found[:self._pex_offset]
+        return tuple(window[:PEX_ADDRESSES_MAX])
 
     def _exchange_peers(self, sender: str, hello: SwarmHello) -> None:
-        """Dial the peers a hello names that we have no connection to (peer exchange)."""
+        """Dial the peers a hello names that we have no connection to (peer exchange).
+
+        Only IP literals are taken (a name would make us resolve whatever a peer says), at most
+        PEX_DIALS_MAX at a time; `_prune_exchanged` gives up on those that stay unreachable.
+        """
         transport = self.daemon.transport
         if transport is None:
             return
-        connected = set(transport.connected_peers())
-        known = {h.address for s, h in self.hellos.items() if s in connected and h.address}
+        known = set(transport.peer_addresses().values())
         for address in hello.peers:
-            if address in known or address == hello.address or len(transport.dialing()) >= PEX_DIALS_MAX:
+            if address in known or address in self._pex or len(self._pex) >= PEX_DIALS_MAX:
                 continue
             try:
-                parse_address(address)
-            except ConfigError:
+                host, _ = parse_address(address)
+                ipaddress.ip_address(host)
+            except ValueError:  # ConfigError is one
                 self.daemon.metrics.count_rejected("membership")
-                log.warning("node %s: hello from %s names a peer address %r that does not parse; ignored",
+                log.warning("node %s: hello from %s names a peer address %r that is not ip:port; ignored",
                             self.daemon.identity.short_id, sender[:12], address[:64])
                 continue
+            self._pex[address] = self._now()
             transport.connect(address)
+
+    def _prune_exchanged(self, now: float) -> None:
+        """A learnt address stays dialled (the dialler keeps its link up) while its node is connected
+        and for PEX_GIVE_UP_S after it was last; a node that comes back is learnt again from hellos."""
+        transport = self.daemon.transport
+        if transport is None or not self._pex:
+            return
+        known = set(transport.peer_addresses().values())
+        for address, seen in list(self._pex.items()):
+            if address in known:
+                self._pex[address] = now
+            elif now - seen > PEX_GIVE_UP_S:
+                transport.forget(address)
+                del self._pex[address]
 
     async def _greet(self, now: float) -> None:
         """A hello to every new peer; to all of them when our epoch changed, and now and then."""
@@ -295,10 +326,11 @@ class MembershipDriver:
                         type(msg).__name__, sender[:12], msg.node[:12])
             return
         consensus = self.daemon.consensus
-        if consensus is None or self.me not in consensus.members or self.daemon.draining:
+        if consensus is None or self.me not in consensus.members:
             return
         if isinstance(msg, JoinRequest):
-            self._on_join_request(sender, consensus.members)
+            if not self.daemon.draining:
+                self._on_join_request(sender, consensus.members)
         elif sender in consensus.members and (sender in self._leavers or len(self._leavers) < LEAVERS_MAX):
             if sender not in self._leavers:
                 log.info("node %s: %s asks to leave; proposing its removal", self.daemon.identity.short_id,

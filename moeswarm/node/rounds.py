@@ -315,6 +315,12 @@ class RoundDriver:
                 await self._recover_blob(entry.blob_id, entry.node)
             held = self.held.get(entry.blob_id)
             if held is None or held.delta is None:
+                if self.identity.node_id not in self.members:
+                    # Voted out while away and catching up on rounds it took no part in: it will
+                    # take the state by transfer when it joins again, so it need not rebuild them.
+                    log.info("seq %d: round %d lists blob %s this node, not a member, cannot use: skipped",
+                             seq, commit.round, entry.blob_id.hex()[:12])
+                    return None
                 raise RuntimeError(f"decided commit lists blob {entry.blob_id.hex()[:12]} this node lacks")
             weight = staleness_weight(self.engine.round - entry.round)
             contributions.append(Contribution(node_id=entry.node, delta=held.delta, weight=weight))

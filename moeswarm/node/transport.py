@@ -201,6 +201,12 @@ class PeerTransport:
     def connected_peers(self) -> list[str]:
         return sorted(self._links)
 
+    def peer_addresses(self) -> dict[str, str]:
+        """Where each connected peer can be dialled, as this node sees it: the address the link
+        came from (or went to) with the listen port the peer's handshake declared."""
+        return {link.peer_id: format_address(*link.blob_address) for link in self._links.values()
+                if link.blob_address is not None and link.blob_address[1] != 0}
+
     def peer_table(self) -> list[dict[str, object]]:
         """A JSON-ready row per connected peer, for the admin endpoint."""
         return [{"node_id": link.peer_id, "remote": link.remote, "dialed": link.dialed, "queued": link.queued,

@@ -105,12 +105,12 @@ Seq = Annotated[int, Limit(min=0, max=2**53)]
 Epoch = Annotated[int, Limit(min=0, max=2**40)]
 
 
-ADDRESS_CHARS_MAX = 128  # "host:port", "[v6]:port" or a DNS name with its port
+ADDRESS_CHARS_MAX = 64  # "ip:port" or "[v6]:port"
 PEX_ADDRESSES_MAX = 32
 Address = Annotated[str, Limit(max_len=ADDRESS_CHARS_MAX)]
 
 
-@message("swarm.hello", max_bytes=MEMBERS_MAX * 80 + (PEX_ADDRESSES_MAX + 1) * (ADDRESS_CHARS_MAX + 3) + 1024)
+@message("swarm.hello", max_bytes=MEMBERS_MAX * 80 + PEX_ADDRESSES_MAX * (ADDRESS_CHARS_MAX + 3) + 1024)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SwarmHello:
     """What a node knows of the swarm, sent to each newly connected peer and again now and then.
@@ -126,9 +126,8 @@ class SwarmHello:
     state_hash: Hash  # H_round
     executed_seq: Seq
     checkpoint_round: Round  # the round of the sender's newest stored checkpoint (0: none)
-    # Peer exchange: where the sender listens ("" when it cannot tell) and where the peers it is
-    # connected to listen, so a node given one seed reaches everyone (PBFT needs a full mesh).
-    address: Address = ""
+    # Peer exchange: where the peers the sender is connected to can be dialled (as the sender sees
+    # them), so a node given one seed reaches everyone — PBFT needs a full mesh.
     peers: Annotated[tuple[Address, ...], Limit(max_len=PEX_ADDRESSES_MAX)] = ()
 
     def __post_init__(self) -> None:

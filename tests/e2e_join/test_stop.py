@@ -8,6 +8,8 @@ import secrets
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.e2e_join.procs import (
     Node,
     free_tcp_port,
@@ -41,6 +43,7 @@ def stop_and_wait(node: Node) -> int:
     return node.proc.returncode
 
 
+@pytest.mark.e2e
 def test_sigterm_in_the_middle_of_a_long_round_stops_training_and_exits(tmp_path: Path) -> None:
     node = lone_node(tmp_path, inner_steps=1_000_000)  # a round that would take hours
     with show_logs_on_failure([node]):
@@ -50,6 +53,7 @@ def test_sigterm_in_the_middle_of_a_long_round_stops_training_and_exits(tmp_path
         assert "stopped" in node.log_text()
 
 
+@pytest.mark.e2e
 def test_sigterm_while_training_is_paused_exits(tmp_path: Path) -> None:
     node = lone_node(tmp_path, inner_steps=2)
     with show_logs_on_failure([node]):

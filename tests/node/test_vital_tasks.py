@@ -1,4 +1,4 @@
-"""A node whose execute, tick or membership loop dies must not stay up as a zombie that never
+"""A node whose execute or tick loop dies must not stay up as a zombie that never
 commits again: it stops with exit status 1 so its orchestrator restarts it from its checkpoint."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ async def _finishes() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["execute", "tick", "membership"])
+@pytest.mark.parametrize("name", ["execute", "tick"])
 async def test_a_failed_vital_loop_stops_the_node_with_status_1(name: str) -> None:
     daemon = _bare_daemon()
     daemon.spawn(_fails(), name)
