@@ -73,10 +73,10 @@ def test_a_node_voted_out_while_down_rejoins_when_restarted(tmp_path: Path) -> N
         victim.start()
         wait_until("the restarted node is a member again", REJOIN_S_MAX, lambda: all_members(nodes, COUNT),
                    about=victim)
-        log = victim.log_text()
-        assert "asking to join again" in log.split(" up: peers on ")[-1]
-        joined = re.findall(r"joined the swarm at round (\d+)", log)
-        assert joined, "the restarted node never logged that it joined"
+        # its membership loop logs the join on its next tick, a moment after the status says member
+        joined = wait_until("the restarted node logs that it joined", ROUNDS_S_MAX,
+                            lambda: re.findall(r"joined the swarm at round (\d+)", victim.log_text()), about=victim)
+        assert "asking to join again" in victim.log_text().split(" up: peers on ")[-1]
         join_round = int(joined[-1])
         wait_until(f"every node has committed round {join_round + 2}", ROUNDS_S_MAX,
                    lambda: all_members(nodes, COUNT, round_min=join_round + 2))
