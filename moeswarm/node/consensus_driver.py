@@ -31,7 +31,7 @@ from moeswarm.consensus import (
     Validation,
     ViewChanged,
 )
-from moeswarm.node.membership import judge_members
+from moeswarm.node.membership import judge_members, reachable_removals
 from moeswarm.swarm.messages import StateOffer, StateRequest
 from moeswarm.swarm.round import Verdict
 
@@ -169,13 +169,16 @@ class ConsensusDriver:
         self._proposed_at.setdefault(driver.engine.round + 1, time.monotonic())
         await self._perform(self.replica.propose(value, now))
 
+    def _undelivered_reconfigurations(self) -> list[Validation | None]:
+        """This node's verdict on each pre-prepared reconfiguration not yet delivered."""
+        r = self.replica
+        return [slot.validation for seq, slot in r.slots.items()
+                if seq > r.last_delivered and slot.pre_prepare is not None
+                and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE]
+
     def _reconfiguring(self) -> bool:
         """This node wishes for, or has seen pre-prepared, a reconfiguration not yet delivered."""
-        r = self.replica
-        if r.wanted_reconfig is not None:
-            return True
-        return any(seq > r.last_delivered and slot.pre_prepare is not None
-                   and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE for seq, slot in r.slots.items())
+        return self.replica.wanted_reconfig is not None or bool(self._undelivered_reconfigurations())
 
     def _withdraw_stale_removal(self) -> None:
         """A removal we asked for (a dead member) whose node is connected again and did not ask to
@@ -184,9 +187,9 @@ class ConsensusDriver:
         transport = self.daemon.transport
         if wish is None or transport is None:
             return
-        me, membership = self.daemon.identity.node_id, self.daemon.membership
-        connected, asked = set(transport.connected_peers()), set(membership.asked_to_leave())
-        back = [n for n in set(self.members) - set(wish.members) if n != me and n in connected and n not in asked]
+        membership = self.daemon.membership
+        back = reachable_removals(self.members, wish.members, me=self.daemon.identity.node_id,
+                                  asked_to_leave=membership.asked_to_leave(), connected=transport.connected_peers())
         if back:
             log.info("node %s: %s is connected again: withdrawing its removal", self.daemon.identity.short_id,
                      back[0][:12])
@@ -195,10 +198,7 @@ class ConsensusDriver:
 
     def _reconfiguration_waits(self) -> bool:
         """A pre-prepared reconfiguration not yet delivered that this node judged PENDING."""
-        r = self.replica
-        return any(seq > r.last_delivered and slot.pre_prepare is not None
-                   and slot.pre_prepare.proposal.kind is Kind.RECONFIGURE and slot.validation is Validation.PENDING
-                   for seq, slot in r.slots.items())
+        return Validation.PENDING in self._undelivered_reconfigurations()
 
     def _validate_members(self, seq: int, members: tuple[str, ...]) -> Validation:
         daemon = self.daemon

@@ -14,7 +14,6 @@ and exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -164,8 +163,11 @@ class NodeDaemon:
         c = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
+            try:
                 loop.add_signal_handler(sig, self.request_drain)
+            except NotImplementedError:  # an event loop without Unix signals (Windows)
+                log.warning("node %s: cannot handle %s here; use POST /v1/drain to leave cleanly",
+                            self.identity.short_id, sig.name)
         engine = await asyncio.to_thread(self._engine)
         restored = await asyncio.to_thread(self._restore, engine)
         self.driver = RoundDriver(

@@ -118,13 +118,22 @@ def judge_members(
     for node in added:
         if node not in live:
             return Validation.PENDING, f"adds {node[:12]}, which has no admitted connection to this node"
-    asked = set(asked_to_leave)
-    for node in removed:
-        if node == me and not leaving:
-            return Validation.PENDING, "removes this node, which is running and did not ask to leave"
-        if node != me and node in live and node not in asked:
-            return Validation.PENDING, f"removes {node[:12]}, which is connected and did not ask to leave"
+    if me in removed and not leaving:
+        return Validation.PENDING, "removes this node, which is running and did not ask to leave"
+    kept_away = reachable_removals(now, target, me=me, asked_to_leave=asked_to_leave, connected=live)
+    if kept_away:
+        return Validation.PENDING, f"removes {kept_away[0][:12]}, which is connected and did not ask to leave"
     return Validation.VALID, ""
+
+
+def reachable_removals(
+    current: Iterable[str], proposed: Iterable[str], *, me: str, asked_to_leave: Iterable[str],
+    connected: Iterable[str],
+) -> list[str]:
+    """Other members a change would remove although they are connected to us and never asked to
+    leave: what no correct node proposes, and what makes a wish of our own stale."""
+    live, asked = set(connected), set(asked_to_leave)
+    return sorted(n for n in set(current) - set(proposed) if n != me and n in live and n not in asked)
 
 
 class MembershipDriver:

@@ -12,13 +12,20 @@ def _reconfigure(cluster: Cluster, members: tuple[str, ...], epoch: int) -> int:
     return next(r.ms.start_seq for r in cluster.replicas.values() if r.epoch == epoch)
 
 
-def test_reconfiguration_from_four_to_five_and_back() -> None:
-    cluster = Cluster(4, spare=1)
-    cluster.commit_values(3)
+def _add_the_spare(cluster: Cluster) -> tuple[str, tuple[str, ...], int]:
+    """Reconfigure the initial four to five with the spare identity and boot it;
+    (joiner, members, the new epoch's start seq)."""
     joiner = next(i.node_id for i in cluster.identities if i.node_id not in cluster.initial)
     five = tuple(sorted((*cluster.initial, joiner)))
     start = _reconfigure(cluster, five, 1)
     cluster.boot(joiner, five, epoch=1, start_seq=start)
+    return joiner, five, start
+
+
+def test_reconfiguration_from_four_to_five_and_back() -> None:
+    cluster = Cluster(4, spare=1)
+    cluster.commit_values(3)
+    joiner, five, _start = _add_the_spare(cluster)
     cluster.commit_values(6, prefix=b"five")
     top = max(r.last_delivered for r in cluster.replicas.values())
     cluster.run_until(lambda: all(r.last_delivered == top for r in cluster.replicas.values()))
@@ -48,10 +55,7 @@ def test_replica_behind_a_reconfiguration_catches_up_across_epochs() -> None:
     cluster.commit_values(2)
     lagging = cluster.initial[3]
     cluster.isolate(lagging)
-    joiner = next(i.node_id for i in cluster.identities if i.node_id not in cluster.initial)
-    five = tuple(sorted((*cluster.initial, joiner)))
-    start = _reconfigure(cluster, five, 1)
-    cluster.boot(joiner, five, epoch=1, start_seq=start)
+    _add_the_spare(cluster)
     cluster.heal()
     cluster.commit_values(30, prefix=b"later")
     top = max(r.last_delivered for r in cluster.replicas.values())
@@ -67,10 +71,7 @@ def test_joiner_catches_up_while_a_member_is_down() -> None:
     cluster.commit_values(2)
     down = cluster.initial[3]
     cluster.crash(down)
-    joiner = next(i.node_id for i in cluster.identities if i.node_id not in cluster.initial)
-    five = tuple(sorted((*cluster.initial, joiner)))
-    start = _reconfigure(cluster, five, 1)
-    cluster.boot(joiner, five, epoch=1, start_seq=start)
+    joiner, _five, start = _add_the_spare(cluster)
     cluster.commit_values(12, prefix=b"five")
     top = max(r.last_delivered for r in cluster.replicas.values())
     cluster.run_until(lambda: cluster.replicas[joiner].last_delivered == top)

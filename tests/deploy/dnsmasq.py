@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 START_WAIT_S_MAX = 10.0
 START_TRIES_MAX = 5
@@ -158,3 +160,14 @@ class Dnsmasq:
 
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def dnsmasq_for_test(workdir: Path) -> Iterator[Dnsmasq]:
+    """The body of a pytest fixture: a server in `workdir`, stopped afterwards; skips the test when
+    dnsmasq is not installed."""
+    binary = dnsmasq_binary()
+    if binary is None:
+        pytest.skip("dnsmasq is not installed (`apt-get install dnsmasq-base`; .ci/run installs it)")
+    server = Dnsmasq(workdir, binary)
+    yield server
+    server.stop()

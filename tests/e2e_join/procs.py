@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -112,6 +113,23 @@ def node_env(cluster_key: str, admin_token: str) -> dict[str, str]:
     env.update(MOESWARM_CLUSTER_KEY=cluster_key, MOESWARM_ADMIN_TOKEN=admin_token, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return env
+
+
+def static_peer_nodes(tmp_path: Path, count: int, *, seeds: int, extra: Sequence[str] = ()) -> list[Node]:
+    """`count` small nodes (not started) that find each other only through `--peers` naming the first
+    `seeds` of them, as hosts outside any DNS do, and form one swarm of `count` together."""
+    key, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    data = write_corpus(tmp_path / "corpus.txt", 400_000)
+    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(count)]
+    peers = ",".join(f"127.0.0.1:{peer}" for peer, _ in ports[:seeds])
+    nodes = []
+    for i, (peer, admin) in enumerate(ports):
+        args = ["--peers", peers, "--bootstrap-nodes", str(count), "--data", str(data), "--inner-steps", "2",
+                "--batch-size", "4", "--device", "cpu", "--seed", str(i), "--region", "local", *extra]
+        data_dir = tmp_path / "nodes" / f"n{i}"
+        nodes.append(Node(f"n{i}", peer, admin, data_dir, node_argv(f"n{i}", data_dir, peer, admin, args),
+                          node_env(key, token), token))
+    return nodes
 
 
 def wait_until(what: str, timeout_s: float, probe: Callable[[], T | None], about: Node | None = None) -> T:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.dnsmasq import Dnsmasq, Zone, dnsmasq_binary
+from tests.deploy.dnsmasq import Dnsmasq, Zone, dnsmasq_for_test
 from tests.e2e_join.procs import (
     Node,
     free_tcp_port,
@@ -39,12 +39,7 @@ CORPUS_BYTES = 480_000
 
 @pytest.fixture
 def dns(tmp_path: Path) -> Iterator[Dnsmasq]:
-    binary = dnsmasq_binary()
-    if binary is None:
-        pytest.skip("dnsmasq is not installed (`apt-get install dnsmasq-base`; .ci/run installs it)")
-    server = Dnsmasq(tmp_path, binary)
-    yield server
-    server.stop()
+    yield from dnsmasq_for_test(tmp_path)
 
 
 def zone(nodes: list[Node]) -> Zone:

@@ -7,19 +7,14 @@ and the four still form a full mesh, a swarm of four, and commit rounds with one
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 
 from tests.e2e_join.procs import (
-    Node,
-    free_tcp_port,
-    node_argv,
-    node_env,
     show_logs_on_failure,
+    static_peer_nodes,
     wait_until,
-    write_corpus,
 )
 from tests.e2e_join.test_join import all_members, hashes_at
 
@@ -29,17 +24,7 @@ START_S_MAX = 120.0
 
 @pytest.mark.e2e
 def test_nodes_that_know_one_seed_form_a_full_mesh_and_a_swarm(tmp_path: Path) -> None:
-    key, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    data = write_corpus(tmp_path / "corpus.txt", 400_000)
-    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(COUNT)]
-    seed = f"127.0.0.1:{ports[0][0]}"
-    nodes = []
-    for i, (peer, admin) in enumerate(ports):
-        extra = ["--peers", seed, "--bootstrap-nodes", str(COUNT), "--data", str(data), "--inner-steps", "2",
-                 "--batch-size", "4", "--device", "cpu", "--seed", str(i), "--region", "local"]
-        data_dir = tmp_path / "nodes" / f"n{i}"
-        nodes.append(Node(f"n{i}", peer, admin, data_dir, node_argv(f"n{i}", data_dir, peer, admin, extra),
-                          node_env(key, token), token))
+    nodes = static_peer_nodes(tmp_path, COUNT, seeds=1)  # every node knows only n0's address
     with show_logs_on_failure(nodes):
         for node in nodes:
             node.start()

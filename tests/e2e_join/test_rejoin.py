@@ -9,19 +9,14 @@ swarm's state hash again — what an operator expects after a host was down for 
 from __future__ import annotations
 
 import re
-import secrets
 from pathlib import Path
 
 import pytest
 
 from tests.e2e_join.procs import (
-    Node,
-    free_tcp_port,
-    node_argv,
-    node_env,
     show_logs_on_failure,
+    static_peer_nodes,
     wait_until,
-    write_corpus,
 )
 from tests.e2e_join.test_join import all_members, hashes_at
 
@@ -33,25 +28,10 @@ ROUNDS_S_MAX = 60.0
 GRACE_S = 3.0
 
 
-def make_nodes(tmp_path: Path) -> list[Node]:
-    key, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    data = write_corpus(tmp_path / "corpus.txt", 400_000)
-    ports = [(free_tcp_port(), free_tcp_port()) for _ in range(COUNT)]
-    peers = ",".join(f"127.0.0.1:{peer}" for peer, _ in ports)
-    nodes = []
-    for i, (peer, admin) in enumerate(ports):
-        extra = ["--peers", peers, "--bootstrap-nodes", str(COUNT), "--data", str(data), "--inner-steps", "2",
-                 "--batch-size", "4", "--device", "cpu", "--seed", str(i), "--round-deadline-s", "20",
-                 "--region", "local", "--dead-removal-grace-s", str(GRACE_S), "--checkpoint-interval-rounds", "2"]
-        data_dir = tmp_path / "nodes" / f"n{i}"
-        nodes.append(Node(f"n{i}", peer, admin, data_dir, node_argv(f"n{i}", data_dir, peer, admin, extra),
-                          node_env(key, token), token))
-    return nodes
-
-
 @pytest.mark.e2e
 def test_a_node_voted_out_while_down_rejoins_when_restarted(tmp_path: Path) -> None:
-    nodes = make_nodes(tmp_path)
+    nodes = static_peer_nodes(tmp_path, COUNT, seeds=COUNT, extra=[
+        "--round-deadline-s", "20", "--dead-removal-grace-s", str(GRACE_S), "--checkpoint-interval-rounds", "2"])
     with show_logs_on_failure(nodes):
         for node in nodes:
             node.start()

@@ -28,7 +28,7 @@ from moeswarm.node.discovery import (
     parse_resolver,
     parse_vms_txt,
 )
-from tests.deploy.dnsmasq import Dnsmasq, Zone, dnsmasq_binary, free_port
+from tests.deploy.dnsmasq import Dnsmasq, Zone, dnsmasq_binary, dnsmasq_for_test, free_port
 
 APP = "moe"
 SVC = "moe-peer.train.svc.cluster.local"
@@ -52,12 +52,7 @@ def k8s_zone(pods: dict[str, str]) -> Zone:
 
 @pytest.fixture
 def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
-    binary = dnsmasq_binary()
-    if binary is None:
-        pytest.skip("dnsmasq is not installed (`apt-get install dnsmasq-base`; .ci/run installs it)")
-    server = Dnsmasq(tmp_path, binary)
-    yield server
-    server.stop()
+    yield from dnsmasq_for_test(tmp_path)
 
 
 def resolver_for(server: Dnsmasq) -> ResolverConfig:
