@@ -37,6 +37,7 @@ from moeswarm.swarm.round import Verdict
 
 if TYPE_CHECKING:
     from moeswarm.node.daemon import NodeDaemon
+    from moeswarm.node.rounds import RoundDriver
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class ConsensusDriver:
         self._executing = False
         self._state_fetch: asyncio.Task[None] | None = None
         self._pending_state: FetchState | None = None
+        # Executing a decided entry and installing a transferred state both replace the model's
+        # state: one at a time, and an installed state supersedes entries queued at or below it.
+        self._state_lock = asyncio.Lock()
+        self._installed_seq = 0
 
     # --- properties the daemon reads -------------------------------------------------------------
 
@@ -264,51 +269,59 @@ class ConsensusDriver:
         assert driver is not None
         while True:
             d = await self._queue.get()
-            self._executing = True
-            engine = driver.engine
-            if d.proposal.kind is Kind.VALUE:
-                started = self._proposed_at.pop(engine.round + 1, None) or self._first_seen.pop(
-                    d.proposal.value, None)
-                report = await driver.apply(d.proposal.value, d.seq, d.view, started)
-                if report is None:
-                    self._proposed_round = -1  # a no-op satisfied our wish: ask again for this round
-                else:
-                    m = self.daemon.metrics
-                    m.rounds_committed.inc()
-                    m.round.set(report.round)
-                    if driver.heldout_bpb is not None:
-                        m.heldout_bpb.set(driver.heldout_bpb)
-                    if started:
-                        m.commit_latency.observe(time.monotonic() - started)
-            elif d.proposal.kind is Kind.NULL:
-                self._proposed_round = -1
-            elif d.proposal.kind is Kind.RECONFIGURE:
-                await driver._work(engine.set_epoch, d.proposal.epoch)
-                # The epoch is part of the state hash: the next commit extends the new hash, and a
-                # commit this node wished for under the old member set is built again.
-                driver.tracker.base_hash = engine.state_hash
-                driver.set_members(d.proposal.members, d.proposal.epoch)
-                self._proposed_round = -1
-                self.poke()
-                self.daemon.metrics.members.set(len(d.proposal.members))
-                self.daemon.metrics.epoch.set(d.proposal.epoch)
-                self.membership_changed.set()
-                log.info("node %s: epoch %d, members %d", self.daemon.identity.short_id, d.proposal.epoch,
-                         len(d.proposal.members))
-                if self._leaving is not None and self.daemon.identity.node_id not in d.proposal.members:
-                    self._leaving.set_result(None)
-            await self._perform(self.replica.executed(d.seq, engine.state_hash, self._now()))
-            if d.seq % self.config.checkpoint_interval == 0:
-                await self.daemon.save_checkpoint(d.seq)
-                await self._compact_log(d.seq)
-            elif d.proposal.kind is Kind.RECONFIGURE:
-                # A joining node's state transfer asks for exactly the state at the new epoch's start.
-                await self.daemon.save_checkpoint(d.seq)
-            self._executing = False
-            self.applied.set()
-            # A proposal for the round we just reached may have been pending only because we were
-            # behind: validate it again now rather than wait for the view timer.
+            async with self._state_lock:
+                if d.seq <= self._installed_seq:
+                    log.info("node %s: seq %d is covered by the state installed at seq %d: not executed",
+                             self.daemon.identity.short_id, d.seq, self._installed_seq)
+                    continue
+                await self._execute(driver, d)
+
+    async def _execute(self, driver: RoundDriver, d: Deliver) -> None:
+        self._executing = True
+        engine = driver.engine
+        if d.proposal.kind is Kind.VALUE:
+            started = self._proposed_at.pop(engine.round + 1, None) or self._first_seen.pop(
+                d.proposal.value, None)
+            report = await driver.apply(d.proposal.value, d.seq, d.view, started)
+            if report is None:
+                self._proposed_round = -1  # a no-op satisfied our wish: ask again for this round
+            else:
+                m = self.daemon.metrics
+                m.rounds_committed.inc()
+                m.round.set(report.round)
+                if driver.heldout_bpb is not None:
+                    m.heldout_bpb.set(driver.heldout_bpb)
+                if started:
+                    m.commit_latency.observe(time.monotonic() - started)
+        elif d.proposal.kind is Kind.NULL:
+            self._proposed_round = -1
+        elif d.proposal.kind is Kind.RECONFIGURE:
+            await driver._work(engine.set_epoch, d.proposal.epoch)
+            # The epoch is part of the state hash: the next commit extends the new hash, and a
+            # commit this node wished for under the old member set is built again.
+            driver.tracker.base_hash = engine.state_hash
+            driver.set_members(d.proposal.members, d.proposal.epoch)
+            self._proposed_round = -1
             self.poke()
+            self.daemon.metrics.members.set(len(d.proposal.members))
+            self.daemon.metrics.epoch.set(d.proposal.epoch)
+            self.membership_changed.set()
+            log.info("node %s: epoch %d, members %d", self.daemon.identity.short_id, d.proposal.epoch,
+                     len(d.proposal.members))
+            if self._leaving is not None and self.daemon.identity.node_id not in d.proposal.members:
+                self._leaving.set_result(None)
+        await self._perform(self.replica.executed(d.seq, engine.state_hash, self._now()))
+        if d.seq % self.config.checkpoint_interval == 0:
+            await self.daemon.save_checkpoint(d.seq)
+            await self._compact_log(d.seq)
+        elif d.proposal.kind is Kind.RECONFIGURE:
+            # A joining node's state transfer asks for exactly the state at the new epoch's start.
+            await self.daemon.save_checkpoint(d.seq)
+        self._executing = False
+        self.applied.set()
+        # A proposal for the round we just reached may have been pending only because we were
+        # behind: validate it again now rather than wait for the view timer.
+        self.poke()
 
     async def _compact_log(self, seq: int) -> None:
         """Rewrite the consensus log as the replica's minimal record set and drop older segments."""
@@ -371,20 +384,29 @@ class ConsensusDriver:
         need = self._pending_state
         if need is None or offer.state_hash != need.state_digest:
             return
+        # Every asked peer offers the same state: install one offer, not one per peer at once. The
+        # install waits for the entry being executed, so it runs as its own task: this peer's link
+        # keeps being read meanwhile.
+        self._pending_state = None
+        self.daemon.spawn(self._install(sender, offer, need), "install-state")
+
+    async def _install(self, sender: str, offer: StateOffer, need: FetchState) -> None:
         driver = self.daemon.driver
         assert driver is not None
-        # Every asked peer offers the same state: install one offer, not one per peer at once.
-        self._pending_state = None
-        try:
-            await self.daemon.install_offer(sender, offer)
-        except Exception as exc:
-            log.warning("node %s: state offer from %s unusable: %s", self.daemon.identity.short_id,
-                        sender[:12], exc)
-            if self._pending_state is None:
-                self._start_state_fetch(need)
-            return
-        driver.tracker.advance(driver.engine.round, driver.engine.state_hash, offer.epoch,
-                               driver.members, [], time.monotonic())
-        effects: list[Any] = self.replica.install_state(need.seq, need.state_digest, self._now())
-        await self._perform(effects)
+        async with self._state_lock:
+            if need.seq <= self.replica.last_executed:
+                return  # executing the decided entries got us there first
+            try:
+                await self.daemon.install_offer(sender, offer, need.seq)
+            except Exception as exc:
+                log.warning("node %s: state offer from %s unusable: %s", self.daemon.identity.short_id,
+                            sender[:12], exc)
+                if self._pending_state is None:
+                    self._start_state_fetch(need)
+                return
+            self._installed_seq = max(self._installed_seq, need.seq)
+            driver.tracker.advance(driver.engine.round, driver.engine.state_hash, offer.epoch,
+                                   driver.members, [], time.monotonic())
+            effects: list[Any] = self.replica.install_state(need.seq, need.state_digest, self._now())
+            await self._perform(effects)
         self.applied.set()

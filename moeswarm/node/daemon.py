@@ -387,9 +387,9 @@ class NodeDaemon:
                                     meta=meta, epoch=epoch, optimizer=momentum)
             await asyncio.to_thread(self.store.checkpoints.keep_last, CHECKPOINTS_KEPT)
 
-    async def install_offer(self, sender: str, offer: StateOffer) -> None:
+    async def install_offer(self, sender: str, offer: StateOffer, seq: int) -> None:
         """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash."""
-        assert self.driver is not None and self.transport is not None
+        assert self.driver is not None and self.transport is not None and self.consensus is not None
         manifest = Manifest.from_bytes(offer.manifest)
         if manifest.state_hash != offer.state_hash or manifest.round != offer.round:
             raise ValueError("offer and manifest disagree")
@@ -408,6 +408,7 @@ class NodeDaemon:
             self.driver.set_members(members, manifest.epoch)
         log.info("node %s: installed round %d from %s by state transfer", self.identity.short_id,
                  manifest.round, sender[:12])
+        await self.driver.record_installed(seq, self.consensus.view, sender)
         await self.save_checkpoint(int(manifest.meta.get("seq", 0)))
 
     # --- drain and shutdown -----------------------------------------------------------------------
@@ -496,7 +497,7 @@ class NodeDaemon:
             "heldout_bpb": r.heldout_bpb if r else None,
             "phase": ("draining" if self.draining else "paused" if r and not r.paused.is_set()
                       else r.phase if r else "starting"),
-            "commits": len(r.history) if r else 0,
+            "commits": sum(1 for h in r.history if h.installed_from is None) if r else 0,
             "view": cons.view if cons else 0,
             "epoch": cons.epoch if cons else 0,
             "members": len(cons.members) if cons else 0,

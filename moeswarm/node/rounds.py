@@ -54,6 +54,9 @@ class RoundRecord:
     tokens: int
     commit_latency_ms: float
     committed_at: float
+    # The peer whose checkpoint this node installed to reach the round, when it did not apply the
+    # round's commit itself: then it knows the state hash but not the contributors.
+    installed_from: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,8 @@ class RoundRecord:
             "tokens": self.tokens,
             "commit_latency_ms": round(self.commit_latency_ms, 1),
             "committed_at": self.committed_at,
+            "source": "commit" if self.installed_from is None else "state_transfer",
+            "installed_from": self.installed_from,
         }
 
 
@@ -346,6 +351,18 @@ class RoundDriver:
             log.warning("round %d: rejected contributions %s", report.round,
                         {k[:12]: v for k, v in report.rejected.items()})
         return report
+
+    async def record_installed(self, seq: int, view: int, sender: str) -> None:
+        """Note a round reached by state transfer, so the node can answer for its state hash."""
+        bpb = await self._work(self.engine.evaluate, self.eval_batches)
+        self.heldout_bpb = bpb
+        self.history.append(RoundRecord(
+            round=self.engine.round, state_hash=self.engine.state_hash.hex(), seq=seq, view=view,
+            epoch=self.engine.epoch, contributors=[], rejected={}, heldout_bpb=bpb,
+            tokens=self.tokens_total * max(1, len(self.members)), commit_latency_ms=0.0,
+            committed_at=time.time(), installed_from=sender,
+        ))
+        del self.history[:-HISTORY_ROUNDS_MAX]
 
     async def _recover_blob(self, blob_id: bytes, author: str) -> None:
         """A decided commit lists a blob we do not hold in memory (e.g. re-delivered after a restart):

@@ -333,7 +333,8 @@ def _history(nodes: Sequence[NodeProcess], token: str) -> list[dict[str, Any]]:
         if n.alive():
             body = fetch_status(n.admin_port, token, "/v1/rounds?limit=1000")
             if body and isinstance(body.get("rounds"), list):
-                return [r for r in body["rounds"] if isinstance(r, dict)]
+                # rounds this node applied itself: one it took by state transfer lists no contributors
+                return [r for r in body["rounds"] if isinstance(r, dict) and r.get("source", "commit") == "commit"]
     return []
 
 
