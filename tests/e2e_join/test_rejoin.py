@@ -55,7 +55,7 @@ def test_a_node_voted_out_while_down_rejoins_when_restarted(tmp_path: Path) -> N
                    about=victim)
         # its membership loop logs the join on its next tick, a moment after the status says member
         joined = wait_until("the restarted node logs that it joined", ROUNDS_S_MAX,
-                            lambda: re.findall(r"joined the swarm at round (\d+)", victim.log_text()), about=victim)
+                            lambda: re.findall(r"joined the swarm at round (\d+)", victim.log_text()) or None, about=victim)
         assert "asking to join again" in victim.log_text().split(" up: peers on ")[-1]
         join_round = int(joined[-1])
         wait_until(f"every node has committed round {join_round + 2}", ROUNDS_S_MAX,
