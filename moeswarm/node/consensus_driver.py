@@ -306,8 +306,9 @@ class ConsensusDriver:
             self.daemon.metrics.members.set(len(d.proposal.members))
             self.daemon.metrics.epoch.set(d.proposal.epoch)
             self.membership_changed.set()
-            log.info("node %s: epoch %d, members %d", self.daemon.identity.short_id, d.proposal.epoch,
-                     len(d.proposal.members))
+            log.info("node %s: epoch %d, members %d, experts of this node %s", self.daemon.identity.short_id,
+                     d.proposal.epoch, len(d.proposal.members),
+                     list(driver.experts_of(self.daemon.identity.node_id)))
             if self._leaving is not None and self.daemon.identity.node_id not in d.proposal.members:
                 self._leaving.set_result(None)
         await self._perform(self.replica.executed(d.seq, engine.state_hash, self._now()))

@@ -429,9 +429,10 @@ class MembershipDriver:
         daemon = self.daemon
         consensus, driver = daemon.consensus, daemon.driver
         assert consensus is not None and driver is not None
-        log.info("node %s: joined the swarm at round %d: epoch %d, %d members, experts %s",
-                 daemon.identity.short_id, driver.engine.round, consensus.epoch, len(consensus.members),
-                 list(driver.experts_of(self.me)))
+        # Its experts come with the placement of the new epoch, once that reconfiguration is executed
+        # (the execution loop logs them then).
+        log.info("node %s: joined the swarm at round %d: epoch %d, %d members",
+                 daemon.identity.short_id, driver.engine.round, consensus.epoch, len(consensus.members))
         daemon.metrics.members.set(len(consensus.members))
         daemon.metrics.epoch.set(consensus.epoch)
         consensus.membership_changed.set()
