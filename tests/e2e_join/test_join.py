@@ -74,7 +74,7 @@ def hashes_at(nodes: list[Node], r: int) -> dict[str, str]:
     hashes = {}
     for node in nodes:
         probe = partial(node.round_hash, r)
-        hashes[node.name] = wait_until(f"{node.name} reports round {r}", ROUNDS_S_MAX, probe)
+        hashes[node.name] = wait_until(f"{node.name} reports round {r}", ROUNDS_S_MAX, probe, about=node)
     return hashes
 
 
