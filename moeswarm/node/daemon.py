@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.2
 GOSSIP_TYPES = typing.get_args(GossipMessage)
 CHECKPOINTS_KEPT = 3
+# Chunks stored less than this before the oldest kept checkpoint survive collection (at least; more
+# when rounds are long): they hold the delta blobs a restart replays from the log.
+GC_MARGIN_MIN_S = 600.0
 FINISH_LINGER_S = 120.0
 SHUTDOWN_STEP_S = 10.0  # each step of a stop; the whole stop stays well inside fly.toml's kill_timeout
 SHUTDOWN_STEP_SLOW_S = 2.0
@@ -385,7 +388,12 @@ class NodeDaemon:
             round_, epoch, state_hash, weights, momentum = await self.driver._work(snapshot)
             await asyncio.to_thread(self.store.checkpoints.save, round_, weights, state_hash=state_hash,
                                     meta=meta, epoch=epoch, optimizer=momentum)
-            await asyncio.to_thread(self.store.checkpoints.keep_last, CHECKPOINTS_KEPT)
+            # Without collection the data volume fills: every checkpoint writes the chunks that
+            # changed and every round stores each member's delta blob.
+            pinned = {blob_id.hex() for blob_id in self.driver.held}
+            margin = max(GC_MARGIN_MIN_S, (self.config.staleness_rounds_max + 2) * self.config.round_deadline_s)
+            await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
+                                    pinned=pinned, margin_s=margin)
 
     async def install_offer(self, sender: str, offer: StateOffer, seq: int) -> None:
         """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash."""

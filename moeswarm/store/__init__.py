@@ -15,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Collection
 from pathlib import Path
 from types import TracebackType
@@ -118,15 +119,23 @@ class NodeStore:
             )
         return self._log
 
-    def collect_garbage(self, *, keep_checkpoints: int, pinned: Collection[str] = ()) -> GcResult:
+    def collect_garbage(self, *, keep_checkpoints: int, pinned: Collection[str] = (),
+                        margin_s: float | None = None) -> GcResult:
         """Keep the newest `keep_checkpoints` checkpoints and delete chunks nothing refers to.
 
         `pinned` are the ids still live outside checkpoints (delta blobs of rounds not yet
-        committed or still being served); they are kept whatever the checkpoints say.
+        committed or still being served); they are kept whatever the checkpoints say. With
+        `margin_s`, a chunk stored later than `margin_s` before the oldest kept checkpoint is kept
+        too: the delta blobs of the rounds after that checkpoint (a restart replays them from the
+        log) are not named by any checkpoint, and a restarted node no longer knows their ids.
         """
         self.checkpoints.keep_last(keep_checkpoints)
         keep = self.checkpoints.referenced_chunks() | set(pinned)
-        return self.chunks.collect(keep)
+        written_before = None
+        if margin_s is not None:
+            kept = self.checkpoints.rounds()
+            written_before = (self.checkpoints.saved_at(kept[0]) if kept else time.time()) - margin_s
+        return self.chunks.collect(keep, written_before=written_before)
 
     def close(self) -> None:
         if self._log is not None:

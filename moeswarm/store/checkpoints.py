@@ -339,6 +339,13 @@ class CheckpointStore:
             except CheckpointCorrupt as exc:
                 log.warning("checkpoint round %d: %s", round, exc)
 
+    def saved_at(self, round: int) -> float:
+        """When the manifest of `round` was last written (`time.time()` scale)."""
+        try:
+            return self._path(round).stat().st_mtime
+        except FileNotFoundError:
+            raise CheckpointMissing(f"no checkpoint for round {round}") from None
+
     def _usable(self, round: int) -> bool:
         try:
             self.manifest(round)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -134,9 +135,13 @@ class ChunkStore:
         if expect is not None and cid != expect:
             raise ChunkCorrupt(f"content hashes to {cid}, expected {expect}")
         path = self.path_of(cid)
-        if path.is_file():
+        try:
+            # A chunk stored again is in use again: its time is what `collect(written_before=)` spares.
+            os.utime(path)
             self.chunks_reused += 1
             return PutResult(chunk_id=cid, written=False, stored_bytes=path.stat().st_size)
+        except FileNotFoundError:
+            pass
         self._ensure_fanout_dir(path.parent)
         frame = zstandard.ZstdCompressor(level=self._level, write_checksum=True).compress(data)
         atomic_write(path, [frame])
@@ -226,11 +231,12 @@ class ChunkStore:
                 if _CHUNK_ID_RE.fullmatch(name) and name.startswith(sub.name) and entry.is_file():
                     yield name
 
-    def collect(self, keep: Collection[str]) -> GcResult:
+    def collect(self, keep: Collection[str], *, written_before: float | None = None) -> GcResult:
         """Delete every chunk whose id is not in `keep` (what the kept checkpoints and live blobs use).
 
-        The caller owns the whole set of live ids; a chunk written concurrently with a collection
-        must be in `keep`, so the node collects from the same thread that pins its blobs.
+        With `written_before` (a `time.time()` value), chunks stored at or after it are spared too:
+        a running node cannot name every blob it may still need (one written while the collection
+        runs, one a restart forgot), but it knows none older than its oldest checkpoint is needed.
         """
         removed = freed = kept = 0
         touched: set[Path] = set()
@@ -240,7 +246,11 @@ class ChunkStore:
                 continue
             path = self.path_of(cid)
             with contextlib.suppress(FileNotFoundError):
-                size = path.stat().st_size
+                stat = path.stat()
+                if written_before is not None and stat.st_mtime >= written_before:
+                    kept += 1
+                    continue
+                size = stat.st_size
                 path.unlink()
                 removed += 1
                 freed += size

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,12 @@ START_S_MAX = 90.0
 STOP_S_MAX = 30.0
 
 
-def lone_node(tmp_path: Path, inner_steps: int) -> Node:
+def lone_node(tmp_path: Path, inner_steps: int, extra: Sequence[str] = ()) -> Node:
     """A swarm of one (its own genesis): no peer is needed to reach a running round."""
     data = write_corpus(tmp_path / "corpus.txt", 200_000)
     data_dir = tmp_path / "nodes" / "n0"
     extra = ["--bootstrap-nodes", "1", "--data", str(data), "--inner-steps", str(inner_steps), "--batch-size", "4",
-             "--device", "cpu", "--region", "local", "--drain-timeout-s", "20"]
+             "--device", "cpu", "--region", "local", "--drain-timeout-s", "20", *extra]
     argv = node_argv("n0", data_dir, free_tcp_port(), free_tcp_port(), extra)
     token = secrets.token_hex(16)
     return Node("n0", 0, int(argv[argv.index("--admin-port") + 1]), data_dir, argv,

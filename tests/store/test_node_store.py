@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -76,3 +77,35 @@ def test_collect_garbage_keeps_checkpoints_and_pinned_blobs(tmp_path: Path) -> N
         assert not store.chunks.has(dead_blob)
         assert result.removed == 2  # round 1's tensor and the dead blob
         assert torch.equal(store.checkpoints.load(2)[0]["w"], torch.full((8,), 2.0))
+
+
+def _age(store: NodeStore, cid: str, seconds: float) -> None:
+    path = store.chunks.path_of(cid)
+    then = path.stat().st_mtime - seconds
+    os.utime(path, (then, then))
+
+
+def test_collection_spares_blobs_stored_after_the_oldest_kept_checkpoint(tmp_path: Path) -> None:
+    """A restarted node replays the log past its checkpoint and needs those rounds' delta blobs,
+    whose ids it no longer holds in memory: only blobs from well before the oldest kept checkpoint go."""
+    with NodeStore(tmp_path) as store:
+        old_blob = store.chunks.put(b"delta of a round before every kept checkpoint")
+        recent_blob = store.chunks.put(b"delta of a round after the checkpoint, replayed by a restart")
+        for round in (1, 2):
+            store.checkpoints.save(round, {"w": torch.full((8,), float(round))}, state_hash=bytes(32))
+        _age(store, old_blob, 3600)
+        _age(store, recent_blob, 60)
+        result = store.collect_garbage(keep_checkpoints=2, margin_s=600)
+        assert not store.chunks.has(old_blob)
+        assert store.chunks.has(recent_blob)
+        assert result.removed == 1
+
+
+def test_a_chunk_stored_again_counts_as_recent(tmp_path: Path) -> None:
+    with NodeStore(tmp_path) as store:
+        blob = store.chunks.put(b"a delta fetched again while catching up")
+        store.checkpoints.save(1, {"w": torch.zeros(8)}, state_hash=bytes(32))
+        _age(store, blob, 3600)
+        assert not store.chunks.store(b"a delta fetched again while catching up").written
+        store.collect_garbage(keep_checkpoints=1, margin_s=600)
+        assert store.chunks.has(blob)
