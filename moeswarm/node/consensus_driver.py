@@ -397,17 +397,35 @@ class ConsensusDriver:
         async with self._state_lock:
             if need.seq <= self.replica.last_executed:
                 return  # executing the decided entries got us there first
+            self._executing = True  # no proposal is built from the state being replaced
             try:
-                await self.daemon.install_offer(sender, offer, need.seq)
-            except Exception as exc:
-                log.warning("node %s: state offer from %s unusable: %s", self.daemon.identity.short_id,
-                            sender[:12], exc)
-                if self._pending_state is None:
-                    self._start_state_fetch(need)
-                return
-            self._installed_seq = max(self._installed_seq, need.seq)
-            driver.tracker.advance(driver.engine.round, driver.engine.state_hash, offer.epoch,
-                                   driver.members, [], time.monotonic())
-            effects: list[Any] = self.replica.install_state(need.seq, need.state_digest, self._now())
-            await self._perform(effects)
+                try:
+                    checkpoint_seq = await self.daemon.install_offer(sender, offer)
+                except Exception as exc:
+                    log.warning("node %s: state offer from %s unusable: %s", self.daemon.identity.short_id,
+                                sender[:12], exc)
+                    if self._pending_state is None:
+                        self._start_state_fetch(need)
+                    return
+                # The model now holds the state at need.seq: the replica and the tracker learn it
+                # before anything else can fail, or older queued entries would run on top of it.
+                self._installed_seq = max(self._installed_seq, need.seq)
+                driver.tracker.advance(driver.engine.round, driver.engine.state_hash, offer.epoch,
+                                       driver.members, [], time.monotonic())
+                effects: list[Any] = self.replica.install_state(need.seq, need.state_digest, self._now())
+                await self._perform(effects)
+                try:
+                    await driver.record_installed(need.seq, self.replica.view, sender)
+                    await self.daemon.save_checkpoint(checkpoint_seq)
+                except Exception as exc:  # the state is installed; a lost record or checkpoint is not fatal
+                    log.warning("node %s: round %d installed, but recording or checkpointing it failed: %s",
+                                self.daemon.identity.short_id, driver.engine.round, exc)
+            finally:
+                self._executing = False
         self.applied.set()
+
+    async def checkpoint_now(self) -> None:
+        """A checkpoint asked for outside execution (the admin endpoint, a join, the final one): taken
+        between two executed entries, so the saved state and its seq belong together."""
+        async with self._state_lock:
+            await self.daemon.save_checkpoint(self.executed_seq)

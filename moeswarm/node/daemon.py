@@ -395,9 +395,10 @@ class NodeDaemon:
             await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
                                     pinned=pinned, margin_s=margin)
 
-    async def install_offer(self, sender: str, offer: StateOffer, seq: int) -> None:
-        """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash."""
-        assert self.driver is not None and self.transport is not None and self.consensus is not None
+    async def install_offer(self, sender: str, offer: StateOffer) -> int:
+        """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash.
+        Returns the consensus seq the checkpoint was taken at."""
+        assert self.driver is not None and self.transport is not None
         manifest = Manifest.from_bytes(offer.manifest)
         if manifest.state_hash != offer.state_hash or manifest.round != offer.round:
             raise ValueError("offer and manifest disagree")
@@ -416,8 +417,8 @@ class NodeDaemon:
             self.driver.set_members(members, manifest.epoch)
         log.info("node %s: installed round %d from %s by state transfer", self.identity.short_id,
                  manifest.round, sender[:12])
-        await self.driver.record_installed(seq, self.consensus.view, sender)
-        await self.save_checkpoint(int(manifest.meta.get("seq", 0)))
+        seq = manifest.meta.get("seq", 0)
+        return seq if isinstance(seq, int) and seq >= 0 else 0
 
     # --- drain and shutdown -----------------------------------------------------------------------
 
@@ -450,7 +451,7 @@ class NodeDaemon:
         if self.driver is not None and self.consensus is not None and self.driver.engine.round > 0:
             # Nothing committed is lost: the final state is on disk before the node exits (and every
             # committed round is in the consensus log, fsync'd, should this step run out of time).
-            await self._bounded("final checkpoint", self.save_checkpoint(self.consensus.executed_seq))
+            await self._bounded("final checkpoint", self.consensus.checkpoint_now())
         for task in list(self._tasks):
             task.cancel()
         await self._bounded("stopping tasks", asyncio.gather(*self._tasks, return_exceptions=True))
@@ -551,7 +552,7 @@ class NodeDaemon:
     async def checkpoint(self) -> dict[str, Any]:
         if self.driver is None or self.consensus is None:
             raise ControlError("not_ready", "the node is still starting", 409)
-        await self.save_checkpoint(self.consensus.executed_seq)
+        await self.consensus.checkpoint_now()
         return {"checkpointed_round": self.driver.engine.round}
 
     def drain(self) -> dict[str, Any]:

@@ -438,7 +438,7 @@ class MembershipDriver:
         consensus.membership_changed.set()
         # The transferred checkpoint was saved while this node was not yet a member; save it again
         # with the member set it now belongs to, so a restart resumes as a member.
-        daemon.spawn(daemon.save_checkpoint(consensus.executed_seq), "checkpoint-after-join")
+        daemon.spawn(consensus.checkpoint_now(), "checkpoint-after-join")
 
     # --- as an outsider: ask to join, then catch up -----------------------------------------------
 

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ class ChunkStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.chunks_written = 0
         self.chunks_reused = 0
+        self._reuse_lock = threading.Lock()
         self.bytes_written = 0
 
     def remove_stale_temps(self) -> int:
@@ -137,9 +139,12 @@ class ChunkStore:
         path = self.path_of(cid)
         try:
             # A chunk stored again is in use again: its time is what `collect(written_before=)` spares.
-            os.utime(path)
+            # Under the lock, so a collection cannot delete it between this and the caller's use.
+            with self._reuse_lock:
+                os.utime(path)
+                stored_bytes = path.stat().st_size
             self.chunks_reused += 1
-            return PutResult(chunk_id=cid, written=False, stored_bytes=path.stat().st_size)
+            return PutResult(chunk_id=cid, written=False, stored_bytes=stored_bytes)
         except FileNotFoundError:
             pass
         self._ensure_fanout_dir(path.parent)
@@ -245,7 +250,7 @@ class ChunkStore:
                 kept += 1
                 continue
             path = self.path_of(cid)
-            with contextlib.suppress(FileNotFoundError):
+            with self._reuse_lock, contextlib.suppress(FileNotFoundError):
                 stat = path.stat()
                 if written_before is not None and stat.st_mtime >= written_before:
                     kept += 1

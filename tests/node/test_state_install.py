@@ -35,6 +35,9 @@ class Model:
         self.members: tuple[str, ...] = ()
         self.tracker = SimpleNamespace(advance=lambda *a: None)
 
+    async def record_installed(self, seq: int, view: int, sender: str) -> None:
+        self.events.append(f"record {self.engine.round}")
+
     async def apply(self, value: bytes, seq: int, view: int, started: float | None) -> None:
         round_ = int(value.decode())
         self.events.append(f"apply {round_} begins")
@@ -48,6 +51,8 @@ class Replica:
     def __init__(self) -> None:
         self.last_executed = 8
         self.executed_seqs: list[int] = []
+        self.installed: list[int] = []
+        self.view = 0
 
     def executed(self, seq: int, digest: bytes, now: float) -> list[Any]:
         self.executed_seqs.append(seq)
@@ -55,11 +60,12 @@ class Replica:
         return []
 
     def install_state(self, seq: int, digest: bytes, now: float) -> list[Any]:
+        self.installed.append(seq)
         self.last_executed = max(self.last_executed, seq)
         return []
 
 
-def _driver(model: Model, replica: Replica) -> ConsensusDriver:
+def _driver(model: Model, replica: Replica, checkpoint_fails: bool = False) -> ConsensusDriver:
     daemon = object.__new__(NodeDaemon)
     daemon.identity = SimpleNamespace(short_id="0123abcd", node_id="0123abcd" * 8)  # type: ignore[assignment]
     daemon._tasks = set()
@@ -69,11 +75,18 @@ def _driver(model: Model, replica: Replica) -> ConsensusDriver:
     daemon.metrics = SimpleNamespace(  # type: ignore[assignment]
         rounds_committed=SimpleNamespace(inc=lambda: None), round=SimpleNamespace(set=lambda v: None))
 
-    async def install_offer(sender: str, offer: StateOffer, seq: int) -> None:
+    async def install_offer(sender: str, offer: StateOffer) -> int:
         model.events.append(f"install {offer.round}")
         model.engine.round = offer.round
+        return 11
+
+    async def save_checkpoint(seq: int) -> None:
+        if checkpoint_fails:
+            raise OSError(28, "No space left on device")
+        model.events.append(f"checkpoint {model.engine.round} at seq {seq}")
 
     daemon.install_offer = install_offer  # type: ignore[method-assign]
+    daemon.save_checkpoint = save_checkpoint  # type: ignore[method-assign]
     driver = object.__new__(ConsensusDriver)
     driver.daemon = daemon
     driver.replica = replica  # type: ignore[assignment]
@@ -122,7 +135,7 @@ async def test_a_state_offer_waits_for_the_entry_being_executed_and_supersedes_o
 
         model.release.set()
         await _settle()
-        assert model.events == ["apply 6 begins", "apply 6 ends", "install 7"]
+        assert model.events == ["apply 6 begins", "apply 6 ends", "install 7", "record 7", "checkpoint 7 at seq 11"]
         assert model.engine.round == 7
 
         driver._queue.put_nowait(_deliver(12, 8))
@@ -144,3 +157,40 @@ async def test_a_state_offer_for_a_seq_already_executed_is_not_installed() -> No
     await _settle()
     assert model.events == []
     assert model.engine.round == 5
+
+
+@pytest.mark.asyncio
+async def test_an_installed_state_holds_even_when_its_checkpoint_cannot_be_written() -> None:
+    model, replica = Model(), Replica()
+    driver = _driver(model, replica, checkpoint_fails=True)
+    loop_task = asyncio.create_task(driver._execute_loop())
+    try:
+        driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
+        await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
+        await _settle()
+        assert replica.installed == [11], "the replica must learn of the install before the checkpoint"
+        driver._queue.put_nowait(_deliver(10, 6))  # older than the installed state
+        await _settle()
+        assert model.engine.round == 7
+        assert "apply 6 begins" not in model.events
+    finally:
+        loop_task.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_checkpoint_asked_for_meanwhile_waits_for_the_entry_being_executed() -> None:
+    model, replica = Model(), Replica()
+    driver = _driver(model, replica)
+    model.hold_round = 6
+    loop_task = asyncio.create_task(driver._execute_loop())
+    try:
+        driver._queue.put_nowait(_deliver(9, 6))
+        await _settle()
+        checkpoint = asyncio.create_task(driver.checkpoint_now())
+        await _settle()
+        assert not checkpoint.done()
+        model.release.set()
+        await asyncio.wait_for(checkpoint, timeout=5)
+        assert model.events[-1] == "checkpoint 6 at seq 9"
+    finally:
+        loop_task.cancel()
