@@ -9,6 +9,8 @@ execution loop and state install with stand-ins for the model and the replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -116,19 +118,31 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+@contextlib.asynccontextmanager
+async def _executing(driver: ConsensusDriver) -> AsyncIterator[None]:
+    loop_task = asyncio.create_task(driver._execute_loop())
+    try:
+        yield
+    finally:
+        loop_task.cancel()
+
+
+async def _offer_round_7_at_seq_11(driver: ConsensusDriver) -> None:
+    driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
+    await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
+
+
 @pytest.mark.asyncio
 async def test_a_state_offer_waits_for_the_entry_being_executed_and_supersedes_older_ones() -> None:
     model, replica = Model(), Replica()
     driver = _driver(model, replica)
     model.hold_round = 6
-    loop_task = asyncio.create_task(driver._execute_loop())
-    try:
+    async with _executing(driver):
         driver._queue.put_nowait(_deliver(9, 6))
         await _settle()
         assert model.events == ["apply 6 begins"]
 
-        driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
-        await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
+        await _offer_round_7_at_seq_11(driver)
         driver._queue.put_nowait(_deliver(10, 7))  # covered by the state installed at seq 11
         await _settle()
         assert model.events == ["apply 6 begins"], "the install must not run while a commit is applied"
@@ -143,8 +157,6 @@ async def test_a_state_offer_waits_for_the_entry_being_executed_and_supersedes_o
         assert model.events[-2:] == ["apply 8 begins", "apply 8 ends"]
         assert "apply 7 begins" not in model.events
         assert replica.executed_seqs == [9, 12]
-    finally:
-        loop_task.cancel()
 
 
 @pytest.mark.asyncio
@@ -152,8 +164,7 @@ async def test_a_state_offer_for_a_seq_already_executed_is_not_installed() -> No
     model, replica = Model(), Replica()
     driver = _driver(model, replica)
     replica.last_executed = 11
-    driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
-    await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
+    await _offer_round_7_at_seq_11(driver)
     await _settle()
     assert model.events == []
     assert model.engine.round == 5
@@ -163,18 +174,14 @@ async def test_a_state_offer_for_a_seq_already_executed_is_not_installed() -> No
 async def test_an_installed_state_holds_even_when_its_checkpoint_cannot_be_written() -> None:
     model, replica = Model(), Replica()
     driver = _driver(model, replica, checkpoint_fails=True)
-    loop_task = asyncio.create_task(driver._execute_loop())
-    try:
-        driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
-        await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
+    async with _executing(driver):
+        await _offer_round_7_at_seq_11(driver)
         await _settle()
         assert replica.installed == [11], "the replica must learn of the install before the checkpoint"
         driver._queue.put_nowait(_deliver(10, 6))  # older than the installed state
         await _settle()
         assert model.engine.round == 7
         assert "apply 6 begins" not in model.events
-    finally:
-        loop_task.cancel()
 
 
 @pytest.mark.asyncio
@@ -182,8 +189,7 @@ async def test_a_checkpoint_asked_for_meanwhile_waits_for_the_entry_being_execut
     model, replica = Model(), Replica()
     driver = _driver(model, replica)
     model.hold_round = 6
-    loop_task = asyncio.create_task(driver._execute_loop())
-    try:
+    async with _executing(driver):
         driver._queue.put_nowait(_deliver(9, 6))
         await _settle()
         checkpoint = asyncio.create_task(driver.checkpoint_now())
@@ -192,5 +198,3 @@ async def test_a_checkpoint_asked_for_meanwhile_waits_for_the_entry_being_execut
         model.release.set()
         await asyncio.wait_for(checkpoint, timeout=5)
         assert model.events[-1] == "checkpoint 6 at seq 9"
-    finally:
-        loop_task.cancel()
