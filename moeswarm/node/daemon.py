@@ -392,8 +392,11 @@ class NodeDaemon:
             # changed and every round stores each member's delta blob.
             pinned = {blob_id.hex() for blob_id in self.driver.held}
             margin = max(GC_MARGIN_MIN_S, (self.config.staleness_rounds_max + 2) * self.config.round_deadline_s)
-            await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
-                                    pinned=pinned, margin_s=margin)
+            gc = await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
+                                         pinned=pinned, margin_s=margin)
+            self.metrics.store_bytes.set(gc.kept_bytes)
+            self.metrics.store_chunks.set(gc.kept)
+            self.metrics.store_bytes_collected.inc(gc.freed_bytes)
 
     async def install_offer(self, sender: str, offer: StateOffer) -> int:
         """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash.
@@ -516,6 +519,7 @@ class NodeDaemon:
             "peers_connected": len(self.transport.connected_peers()) if self.transport else 0,
             "bytes_sent": int(_total(self.metrics, "moeswarm_bytes_sent_total")),
             "bytes_received": int(_total(self.metrics, "moeswarm_bytes_received_total")),
+            "store_bytes": int(self.metrics.value("moeswarm_store_bytes")),
             "tokens": r.tokens_total if r else 0,
             "uptime_s": round(time.time() - self.started_at, 1),
         }

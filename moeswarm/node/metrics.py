@@ -73,6 +73,16 @@ class NodeMetrics:
         self.blob_fetch_failures = Counter(
             "moeswarm_blob_fetch_failures", "Blob fetches that failed", ["reason"], registry=r
         )
+        # data volume
+        self.store_bytes = Gauge(
+            "moeswarm_store_bytes", "Bytes on disk in the chunk store (checkpoints, delta blobs), after the last collection",
+            registry=r,
+        )
+        self.store_chunks = Gauge("moeswarm_store_chunks", "Chunks in the chunk store after the last collection",
+                                  registry=r)
+        self.store_bytes_collected = Counter(
+            "moeswarm_store_bytes_collected", "Bytes freed by chunk-store collection", registry=r
+        )
         # admin
         self.admin_requests = Counter(
             "moeswarm_admin_requests", "Admin HTTP requests", ["route", "status"], registry=r

@@ -80,6 +80,7 @@ class GcResult:
     removed: int
     freed_bytes: int
     kept: int
+    kept_bytes: int = 0  # what the store holds afterwards (compressed, on disk)
 
 
 class ChunkStore:
@@ -243,17 +244,15 @@ class ChunkStore:
         a running node cannot name every blob it may still need (one written while the collection
         runs, one a restart forgot), but it knows none older than its oldest checkpoint is needed.
         """
-        removed = freed = kept = 0
+        removed = freed = kept = kept_bytes = 0
         touched: set[Path] = set()
         for cid in list(self.ids()):
-            if cid in keep:
-                kept += 1
-                continue
             path = self.path_of(cid)
             with self._reuse_lock, contextlib.suppress(FileNotFoundError):
                 stat = path.stat()
-                if written_before is not None and stat.st_mtime >= written_before:
+                if cid in keep or (written_before is not None and stat.st_mtime >= written_before):
                     kept += 1
+                    kept_bytes += stat.st_size
                     continue
                 size = stat.st_size
                 path.unlink()
@@ -264,7 +263,7 @@ class ChunkStore:
             fsync_dir(directory)
         if removed:
             log.info("chunk store %s: collected %d chunks, %d bytes freed, %d kept", self.root, removed, freed, kept)
-        return GcResult(removed=removed, freed_bytes=freed, kept=kept)
+        return GcResult(removed=removed, freed_bytes=freed, kept=kept, kept_bytes=kept_bytes)
 
     def stats(self) -> ChunkStats:
         """Number of chunks and their compressed bytes on disk."""

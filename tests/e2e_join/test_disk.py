@@ -37,6 +37,8 @@ def test_old_chunks_are_collected_and_a_restart_still_resumes(tmp_path: Path) ->
         collected = wait_until("old chunks are collected", ROUNDS_S_MAX,
                                lambda: re.search(r"collected (\d+) chunks", node.log_text()), about=node)
         assert int(collected.group(1)) > 0
+        # what an operator watches for the volume: /v1/status and the moeswarm_store_bytes gauge
+        assert int(node.status().get("store_bytes", 0)) > 0
         wait_until(f"round {base + 4} commits", ROUNDS_S_MAX,
                    lambda: int(node.status().get("round", 0)) >= base + 4, about=node)
         assert stop_and_wait(node) == 0

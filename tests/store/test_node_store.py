@@ -99,6 +99,8 @@ def test_collection_spares_blobs_stored_after_the_oldest_kept_checkpoint(tmp_pat
         assert not store.chunks.has(old_blob)
         assert store.chunks.has(recent_blob)
         assert result.removed == 1
+        on_disk = [store.chunks.path_of(cid) for cid in store.chunks.ids()]
+        assert (result.kept, result.kept_bytes) == (len(on_disk), sum(p.stat().st_size for p in on_disk))
 
 
 def test_a_chunk_stored_again_counts_as_recent(tmp_path: Path) -> None:
