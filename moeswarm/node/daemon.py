@@ -88,9 +88,6 @@ class NodeDaemon:
         self.gossip: GossipDriver | None = None
         self.membership = MembershipDriver(self)
         self._tasks: set[asyncio.Task[Any]] = set()
-        # One checkpoint write at a time: a reconfiguration's save and the final one at stop can
-        # coincide, and a save must not count as reused a chunk that the other's pruning removes.
-        self._checkpoint_lock = asyncio.Lock()
 
     # --- sending ----------------------------------------------------------------------------------
 
@@ -368,35 +365,32 @@ class NodeDaemon:
     # --- checkpoints ------------------------------------------------------------------------------
 
     async def save_checkpoint(self, seq: int) -> None:
+        """Write the committed state as of `seq` and collect what no kept checkpoint needs.
+
+        Callers hold the consensus driver's state lock (execution, a state install, `checkpoint_now`):
+        that makes saves one at a time, and nothing replaces or updates the committed weights while
+        they are written, so the checkpoint needs no copy of them.
+        """
         assert self.driver is not None and self.consensus is not None
         engine = self.driver.engine
-
-        def snapshot() -> tuple[int, int, bytes, dict[str, Any], dict[str, Any]]:
-            # Taken in the training worker, between two of its jobs: the commit path updates the
-            # weights in place there, so copies keep this checkpoint whole while it is written.
-            return (engine.round, engine.epoch, engine.state_hash,
-                    {k: v.clone() for k, v in engine.weights.items()},
-                    {k: v.clone() for k, v in engine.momentum.items()})
-
-        async with self._checkpoint_lock:
-            meta = {
-                "members": list(self.consensus.members),
-                "seq": seq,
-                "epoch_start_seq": self.consensus.epoch_start_seq,
-                "model_config": engine.config.model.to_json(),
-            }
-            round_, epoch, state_hash, weights, momentum = await self.driver._work(snapshot)
-            await asyncio.to_thread(self.store.checkpoints.save, round_, weights, state_hash=state_hash,
-                                    meta=meta, epoch=epoch, optimizer=momentum)
-            # Without collection the data volume fills: every checkpoint writes the chunks that
-            # changed and every round stores each member's delta blob.
-            pinned = {blob_id.hex() for blob_id in self.driver.held}
-            margin = max(GC_MARGIN_MIN_S, (self.config.staleness_rounds_max + 2) * self.config.round_deadline_s)
-            gc = await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
-                                         pinned=pinned, margin_s=margin)
-            self.metrics.store_bytes.set(gc.kept_bytes)
-            self.metrics.store_chunks.set(gc.kept)
-            self.metrics.store_bytes_collected.inc(gc.freed_bytes)
+        meta = {
+            "members": list(self.consensus.members),
+            "seq": seq,
+            "epoch_start_seq": self.consensus.epoch_start_seq,
+            "model_config": engine.config.model.to_json(),
+        }
+        await asyncio.to_thread(self.store.checkpoints.save, engine.round, dict(engine.weights),
+                                state_hash=engine.state_hash, meta=meta, epoch=engine.epoch,
+                                optimizer=dict(engine.momentum))
+        # Without collection the data volume fills: every checkpoint writes the chunks that
+        # changed and every round stores each member's delta blob.
+        pinned = {blob_id.hex() for blob_id in self.driver.held}
+        margin = max(GC_MARGIN_MIN_S, (self.config.staleness_rounds_max + 2) * self.config.round_deadline_s)
+        gc = await asyncio.to_thread(self.store.collect_garbage, keep_checkpoints=CHECKPOINTS_KEPT,
+                                     pinned=pinned, margin_s=margin)
+        self.metrics.store_bytes.set(gc.kept_bytes)
+        self.metrics.store_chunks.set(gc.kept)
+        self.metrics.store_bytes_collected.inc(gc.freed_bytes)
 
     async def install_offer(self, sender: str, offer: StateOffer) -> int:
         """Adopt a peer's checkpoint: fetch its chunks by id (hash-checked), verify the state hash.

@@ -331,8 +331,7 @@ class RoundDriver:
             contributions.append(Contribution(node_id=entry.node, delta=held.delta, weight=weight))
         self.phase = "apply"
         report = await self._work(self.engine.apply, contributions, commit.round, commit.epoch)
-        bpb = await self._work(self.engine.evaluate, self.eval_batches)
-        self.heldout_bpb = bpb
+        bpb = await self._evaluate()
         committed = [e.blob_id for e in commit.entries]
         self.tracker.advance(report.round, report.state_hash, commit.epoch, self.members, committed,
                              time.monotonic())
@@ -340,13 +339,8 @@ class RoundDriver:
             self.held.pop(blob_id, None)
         self._forget_old()
         latency = (time.monotonic() - proposed_at) * 1000 if proposed_at else 0.0
-        self.history.append(RoundRecord(
-            round=report.round, state_hash=report.state_hash.hex(), seq=seq, view=view, epoch=commit.epoch,
-            contributors=list(report.accepted), rejected=report.rejected, heldout_bpb=bpb,
-            tokens=self.tokens_total * max(1, len(self.members)), commit_latency_ms=latency,
-            committed_at=time.time(),
-        ))
-        del self.history[:-HISTORY_ROUNDS_MAX]
+        self._remember(seq, view, bpb, contributors=list(report.accepted), rejected=report.rejected,
+                       commit_latency_ms=latency)
         if report.rejected:
             log.warning("round %d: rejected contributions %s", report.round,
                         {k[:12]: v for k, v in report.rejected.items()})
@@ -354,13 +348,22 @@ class RoundDriver:
 
     async def record_installed(self, seq: int, view: int, sender: str) -> None:
         """Note a round reached by state transfer, so the node can answer for its state hash."""
+        self._remember(seq, view, await self._evaluate(), contributors=[], rejected={}, commit_latency_ms=0.0,
+                       installed_from=sender)
+
+    async def _evaluate(self) -> float:
         bpb = await self._work(self.engine.evaluate, self.eval_batches)
         self.heldout_bpb = bpb
+        return bpb
+
+    def _remember(self, seq: int, view: int, bpb: float, *, contributors: list[str], rejected: dict[str, str],
+                  commit_latency_ms: float, installed_from: str | None = None) -> None:
+        """Add the round the engine is now at to the bounded history the admin endpoint reports."""
         self.history.append(RoundRecord(
             round=self.engine.round, state_hash=self.engine.state_hash.hex(), seq=seq, view=view,
-            epoch=self.engine.epoch, contributors=[], rejected={}, heldout_bpb=bpb,
-            tokens=self.tokens_total * max(1, len(self.members)), commit_latency_ms=0.0,
-            committed_at=time.time(), installed_from=sender,
+            epoch=self.engine.epoch, contributors=contributors, rejected=rejected, heldout_bpb=bpb,
+            tokens=self.tokens_total * max(1, len(self.members)), commit_latency_ms=commit_latency_ms,
+            committed_at=time.time(), installed_from=installed_from,
         ))
         del self.history[:-HISTORY_ROUNDS_MAX]
 

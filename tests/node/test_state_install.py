@@ -127,6 +127,13 @@ async def _executing(driver: ConsensusDriver) -> AsyncIterator[None]:
         loop_task.cancel()
 
 
+async def _apply_round_6_held_open(driver: ConsensusDriver, model: Model) -> None:
+    """Seq 9 decides round 6, whose apply then waits (like one fetching a missing blob)."""
+    model.hold_round = 6
+    driver._queue.put_nowait(_deliver(9, 6))
+    await _settle()
+
+
 async def _offer_round_7_at_seq_11(driver: ConsensusDriver) -> None:
     driver._pending_state = FetchState(seq=11, epoch=0, state_digest=STATE, peers=("p",))
     await driver.on_state_offer("p" * 64, StateOffer(round=7, epoch=0, state_hash=STATE, manifest=b""))
@@ -136,10 +143,8 @@ async def _offer_round_7_at_seq_11(driver: ConsensusDriver) -> None:
 async def test_a_state_offer_waits_for_the_entry_being_executed_and_supersedes_older_ones() -> None:
     model, replica = Model(), Replica()
     driver = _driver(model, replica)
-    model.hold_round = 6
     async with _executing(driver):
-        driver._queue.put_nowait(_deliver(9, 6))
-        await _settle()
+        await _apply_round_6_held_open(driver, model)
         assert model.events == ["apply 6 begins"]
 
         await _offer_round_7_at_seq_11(driver)
@@ -188,10 +193,8 @@ async def test_an_installed_state_holds_even_when_its_checkpoint_cannot_be_writt
 async def test_a_checkpoint_asked_for_meanwhile_waits_for_the_entry_being_executed() -> None:
     model, replica = Model(), Replica()
     driver = _driver(model, replica)
-    model.hold_round = 6
     async with _executing(driver):
-        driver._queue.put_nowait(_deliver(9, 6))
-        await _settle()
+        await _apply_round_6_held_open(driver, model)
         checkpoint = asyncio.create_task(driver.checkpoint_now())
         await _settle()
         assert not checkpoint.done()
